@@ -1,0 +1,287 @@
+"""The command line, mirroring the Python API one-to-one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from carekit.errors import CarekitError
+
+TRAIN_EXAMPLES = """examples:
+  carekit train --low data/low --high data/high --axes YX --model models/nuclei
+  carekit train --low low_5mW low_10mW --high high --axes ZYX --model m3d --time-budget 3600
+  carekit train --low data/low --high data/high --axes YX --model models/nuclei --resume
+  carekit train --mode isotropic --input stack.tif --axes ZYX --factor 4 --psf-sigma 6,1.5 --model iso
+  carekit train --mode isotropic --input stack.tif --axes ZCYX --factor 10.2 --psf psf.tif --model iso
+  carekit train --mode upsampling --input fine_stack.tif --axes ZYX --factor 4 --model up
+"""
+PREDICT_EXAMPLES = """examples:
+  carekit predict --model models/nuclei --input new.tif --output restored.tif
+  carekit predict --model models/nuclei --input folder/ --output restored/ --axes TYX
+"""
+EVALUATE_EXAMPLES = """examples:
+  carekit evaluate --prediction restored.tif --truth ground_truth.tif
+"""
+DEMO_EXAMPLES = """examples:
+  carekit demo
+  carekit demo --output demo-output --time-budget 60
+  carekit demo --mode isotropic --output demo-isotropic
+"""
+
+
+def ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+    if not values:
+        raise argparse.ArgumentTypeError("empty list")
+    return values
+
+
+def floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default: auto)")
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: bfloat16 where the CPU/GPU supports it, else float32",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def parser() -> argparse.ArgumentParser:
+    from carekit import __version__
+
+    top = argparse.ArgumentParser(
+        prog="carekit",
+        description="Content-aware image restoration (CARE) for fluorescence microscopy.",
+    )
+    top.add_argument("--version", action="version", version=f"carekit {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    raw = argparse.RawDescriptionHelpFormatter
+
+    t = sub.add_parser("train", help="train a CARE network on image pairs", epilog=TRAIN_EXAMPLES, formatter_class=raw)
+    t.add_argument("--mode", default="denoise", choices=["denoise", "isotropic", "upsampling"])
+    t.add_argument("--low", nargs="+", metavar="PATH", help="denoise: low-SNR input file(s) or folder(s)")
+    t.add_argument("--high", metavar="PATH", help="denoise: high-SNR target file or folder (matched by name)")
+    t.add_argument("--input", metavar="STACK", help="isotropic/upsampling: the volume to learn from")
+    t.add_argument("--axes", help="axes of every image, e.g. YX, ZYX, TCYX (default: from the file)")
+    t.add_argument("--factor", type=float, help="isotropic/upsampling: z-step over lateral pixel size")
+    t.add_argument("--psf", metavar="PSF.tif", help="isotropic: measured PSF (ZYX, lateral pixel size in all axes)")
+    t.add_argument("--psf-sigma", type=floats, metavar="Z,XY", help="isotropic: Gaussian PSF sigmas in lateral pixels")
+    t.add_argument("--na", type=float, help="isotropic: numerical aperture (Gaussian widefield PSF)")
+    t.add_argument("--wavelength", type=float, metavar="NM", help="isotropic: emission wavelength in nm")
+    t.add_argument("--refractive-index", type=float, default=1.33, help="isotropic: immersion index (1.33)")
+    t.add_argument("--pixel-size", type=float, metavar="NM", help="isotropic: lateral pixel size in nm")
+    t.add_argument("--noise-photons", type=float, help="isotropic: add Poisson noise at this peak photon count")
+    t.add_argument("--read-noise", type=float, default=0.0, help="isotropic: Gaussian read noise (photons)")
+    t.add_argument("--combine", choices=["arithmetic", "geometric"], help="isotropic: merge of XZ and YZ results")
+    t.add_argument("--model", required=True, metavar="DIR", help="model folder to write")
+    t.add_argument("--patch-size", type=ints, help="e.g. 64,64 (2D) or 16,64,64 (3D)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--steps-per-epoch", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--learning-rate", type=float)
+    t.add_argument("--loss", choices=["mae", "mse"])
+    t.add_argument("--kernel-size", type=int, help="default 5 in 2D, 3 in 3D")
+    t.add_argument("--depth", type=int, help="pooling steps of the U-Net (default 2)")
+    t.add_argument("--n-first", type=int, help="features of the first level (default 32)")
+    t.add_argument("--validation-fraction", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop cleanly after this long")
+    t.add_argument("--resume", action="store_true", help="continue from the model folder's last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace a model already in the folder")
+    add_engine_options(t)
+
+    p = sub.add_parser(
+        "predict", help="restore images with a trained model", epilog=PREDICT_EXAMPLES, formatter_class=raw
+    )
+    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--input", required=True, metavar="PATH", help="TIFF file or folder of TIFFs")
+    p.add_argument("--output", required=True, metavar="PATH", help="TIFF file (or folder, for a folder input)")
+    p.add_argument("--axes", help="axes of the input (default: from the file, else the model's)")
+    p.add_argument("--n-tiles", type=ints, help="tiles per spatial axis (default: from the memory budget)")
+    p.add_argument("--memory", type=float, metavar="GB", help="activation memory per batch of tiles (default 1.5)")
+    p.add_argument("--factor", type=float, help="isotropic/upsampling models: override the z factor")
+    add_engine_options(p)
+
+    e = sub.add_parser(
+        "evaluate", help="NRMSE, PSNR, SSIM against ground truth", epilog=EVALUATE_EXAMPLES, formatter_class=raw
+    )
+    e.add_argument("--prediction", required=True, metavar="PATH")
+    e.add_argument("--truth", required=True, metavar="PATH")
+
+    i = sub.add_parser("info", help="describe a model folder")
+    i.add_argument("--model", required=True, metavar="DIR")
+
+    d = sub.add_parser(
+        "demo", help="train and restore on the shipped sample", epilog=DEMO_EXAMPLES, formatter_class=raw
+    )
+    d.add_argument("--mode", default="denoise", choices=["denoise", "isotropic"], help="which demo (default denoise)")
+    d.add_argument("--output", default="demo-output", metavar="DIR", help="folder for results (default demo-output)")
+    d.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="training time (default 120)")
+    add_engine_options(d)
+    return top
+
+
+TRAIN_SETTINGS = (
+    "patch_size",
+    "epochs",
+    "steps_per_epoch",
+    "batch_size",
+    "learning_rate",
+    "loss",
+    "kernel_size",
+    "depth",
+    "n_first",
+    "validation_fraction",
+    "seed",
+    "precision",
+)
+
+
+def psf_sigma(a: argparse.Namespace) -> tuple[float, float] | None:
+    """PSF sigmas in lateral pixels, from --psf-sigma or from the optics."""
+    from carekit.data.camera import widefield_sigmas
+
+    optics = [a.na, a.wavelength, a.pixel_size]
+    if a.psf_sigma is not None:
+        if len(a.psf_sigma) != 2:
+            raise CarekitError(f"--psf-sigma takes two numbers Z,XY, got {len(a.psf_sigma)}")
+        return a.psf_sigma
+    if any(v is not None for v in optics):
+        if any(v is None for v in optics):
+            raise CarekitError("a Gaussian PSF from optics needs --na, --wavelength and --pixel-size together")
+        try:
+            sz, sxy = widefield_sigmas(a.na, a.wavelength, a.refractive_index)
+        except ValueError as e:
+            raise CarekitError(str(e)) from None
+        return sz / a.pixel_size, sxy / a.pixel_size
+    return None
+
+
+def run_train(a: argparse.Namespace) -> None:
+    settings = {k: getattr(a, k) for k in TRAIN_SETTINGS if getattr(a, k) is not None}
+    common = {
+        "time_budget": a.time_budget,
+        "resume": a.resume,
+        "overwrite": a.overwrite,
+        "device": a.device,
+        "progress": not a.quiet,
+        **settings,
+    }
+    if a.mode == "denoise":
+        from carekit.train import train
+
+        if not a.low or not a.high or not a.axes:
+            raise CarekitError("denoise training needs --low, --high and --axes")
+        model = train(a.low, a.high, a.axes, a.model, **common)
+    else:
+        from carekit.axial import train_isotropic, train_upsampling
+
+        if not a.input:
+            raise CarekitError(f"{a.mode} training needs --input STACK (the volume to learn from)")
+        if a.factor is None and not a.resume:
+            raise CarekitError(f"{a.mode} training needs --factor (z-step over lateral pixel size)")
+        if a.mode == "isotropic":
+            model = train_isotropic(
+                a.input,
+                a.axes,
+                a.factor,
+                a.model,
+                psf=a.psf,
+                psf_sigma=psf_sigma(a),
+                peak_photons=a.noise_photons,
+                read_sigma=a.read_noise,
+                combine=a.combine,
+                **common,
+            )
+        else:
+            model = train_upsampling(a.input, a.axes, a.factor, a.model, **common)
+    print(model.summary())
+    print(f"model written to {a.model}")
+
+
+def run_predict(a: argparse.Namespace) -> None:
+    from carekit.io import list_images, prepare_output, read_spacing, read_with_axes, write_tiff
+    from carekit.model import load
+
+    model = load(a.model)
+    inputs = list_images(a.input, role="--input")
+    folder = Path(a.input).is_dir()
+    out = Path(a.output)
+    if folder and out.suffix.lower() in (".tif", ".tiff"):
+        raise CarekitError(f"{a.input} is a folder, so --output must be a folder, not {out.name}")
+    targets = [out / f.name for f in inputs] if folder else [out]
+    for target in targets:
+        prepare_output(target, role="--output")
+    memory = int(a.memory * 2**30) if a.memory else None
+    options = {"n_tiles": a.n_tiles, "memory": memory, "device": a.device, "precision": a.precision}
+    if a.factor is not None:
+        if model.config.axial is None:
+            raise CarekitError(
+                f"--factor applies to isotropic and upsampling models; {a.model} is a {model.config.mode} model"
+            )
+        options["factor"] = a.factor
+    for src, dst in zip(inputs, targets, strict=True):
+        image, axes = read_with_axes(src, a.axes, fallback=model.config.axes)
+        restored = model.predict(image, axes, progress=not a.quiet, **options)
+        spacing = model.output_spacing(read_spacing(src), a.factor)
+        write_tiff(dst, restored.astype("float32", copy=False), model.output_axes(axes), spacing=spacing)
+        print(f"{src} -> {dst}")
+
+
+def run_evaluate(a: argparse.Namespace) -> None:
+    from carekit.io import read_image
+    from carekit.metrics import evaluate
+
+    prediction, _ = read_image(a.prediction)
+    truth, _ = read_image(a.truth)
+    if prediction.shape != truth.shape:
+        raise CarekitError(
+            f"{a.prediction}: shape {prediction.shape} differs from {a.truth} shape {truth.shape}; "
+            "compare matching images"
+        )
+    print(json.dumps(evaluate(prediction, truth)))
+
+
+def run_info(a: argparse.Namespace) -> None:
+    from carekit.model import load
+
+    print(load(a.model).summary())
+
+
+def run_demo(a: argparse.Namespace) -> None:
+    from carekit.demo import run
+
+    run(a.output, mode=a.mode, time_budget=a.time_budget, device=a.device, precision=a.precision, progress=not a.quiet)
+
+
+COMMANDS = {"train": run_train, "predict": run_predict, "evaluate": run_evaluate, "info": run_info, "demo": run_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except CarekitError as e:
+        print(f"carekit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("carekit: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

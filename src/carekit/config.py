@@ -1,0 +1,203 @@
+"""One configuration object per model, validated on construction, saved as JSON.
+
+Every default is written here once. ``config.json`` in a model folder holds the
+whole configuration plus the carekit version and a format number that guards
+against reading folders from an incompatible carekit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from carekit.axes import check_axes
+from carekit.engine import PRECISIONS
+from carekit.errors import CarekitError
+
+FORMAT_VERSION = 1
+MODES = ("denoise", "isotropic", "upsampling")
+COMBINES = ("geometric", "arithmetic")
+LOSSES = ("mae", "mse")
+SCHEDULES = ("plateau", "cosine")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise CarekitError(message)
+
+
+def default_spatial(axes: str) -> str:
+    """The network's axes for data with ``axes``: 3D where there is a Z axis."""
+    return "ZYX" if "Z" in axes.upper() else "YX"
+
+
+@dataclass
+class NetConfig:
+    """The U-Net. ``kernel_size`` None means the reference default: 5 in 2D, 3 in 3D."""
+
+    depth: int = 2
+    n_first: int = 32
+    kernel_size: int | None = None
+    n_conv: int = 2
+    residual: bool = True
+    batch_norm: bool = False
+
+    def resolved(self, ndim: int) -> NetConfig:
+        kernel = self.kernel_size if self.kernel_size is not None else (5 if ndim == 2 else 3)
+        out = NetConfig(**{**asdict(self), "kernel_size": kernel})
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        _require(1 <= self.depth <= 6, f"net depth must be 1..6, got {self.depth}")
+        _require(1 <= self.n_first <= 1024, f"n_first must be 1..1024, got {self.n_first}")
+        _require(
+            self.kernel_size is None or (self.kernel_size >= 1 and self.kernel_size % 2 == 1),
+            f"kernel size must be a positive odd number, got {self.kernel_size}",
+        )
+        _require(self.n_conv >= 1, f"n_conv must be at least 1, got {self.n_conv}")
+
+
+@dataclass
+class TrainConfig:
+    """How training runs. ``patch_size`` None means 64x64 in 2D and 16x64x64 in 3D.
+
+    ``lr_schedule``: ``"plateau"`` halves the learning rate after ``lr_patience`` epochs
+    without validation improvement; ``"cosine"`` decays it smoothly to zero over the
+    run (over the time budget, when one is given).
+    """
+
+    loss: str = "mae"
+    epochs: int = 100
+    steps_per_epoch: int = 400
+    batch_size: int = 16
+    learning_rate: float = 4e-4
+    lr_schedule: str = "plateau"
+    lr_patience: int = 10
+    lr_factor: float = 0.5
+    patch_size: tuple[int, ...] | None = None
+    validation_fraction: float = 0.1
+    validation_patches: int = 64
+    background_threshold: float = 0.4
+    augment: bool = True
+    seed: int = 0
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.patch_size is not None:
+            self.patch_size = tuple(int(p) for p in self.patch_size)
+        self.validate()
+
+    def resolved(self, ndim: int) -> TrainConfig:
+        patch = self.patch_size or ((64, 64) if ndim == 2 else (16, 64, 64))
+        _require(len(patch) == ndim, f"patch size {patch} needs {ndim} entries for a {ndim}D network")
+        return TrainConfig(**{**asdict(self), "patch_size": tuple(patch)})
+
+    def validate(self) -> None:
+        _require(self.loss in LOSSES, f"loss '{self.loss}' is unknown; use one of {', '.join(LOSSES)}")
+        _require(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        _require(self.steps_per_epoch >= 1, f"steps per epoch must be at least 1, got {self.steps_per_epoch}")
+        _require(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
+        _require(self.learning_rate > 0, f"learning rate must be positive, got {self.learning_rate}")
+        _require(
+            self.lr_schedule in SCHEDULES, f"lr schedule '{self.lr_schedule}' is unknown; use {', '.join(SCHEDULES)}"
+        )
+        _require(0 < self.lr_factor < 1, f"lr factor must be in (0, 1), got {self.lr_factor}")
+        _require(0 <= self.validation_fraction < 1, "validation fraction must be in [0, 1)")
+        _require(self.validation_patches >= 0, "validation patches must be >= 0")
+        _require(0 <= self.background_threshold < 1, "background threshold must be in [0, 1)")
+        _require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.patch_size is not None:
+            _require(all(p >= 1 for p in self.patch_size), f"patch size must be positive, got {self.patch_size}")
+
+
+@dataclass
+class AxialConfig:
+    """Isotropic restoration and z-upsampling: how the axial degradation is simulated.
+
+    ``factor`` is the z-step over the lateral pixel size (z is upsampled by it). PSF sigmas
+    are in lateral pixels; the blur added to lateral planes is ``sqrt(sigma_z² - sigma_xy²)``
+    along one axis, or the kernel derived from ``psf_file``. ``combine`` merges the XZ and
+    YZ restorations of isotropic prediction.
+    """
+
+    factor: float = 1.0
+    psf_sigma_z: float = 0.0
+    psf_sigma_xy: float = 0.0
+    psf_file: str | None = None
+    peak_photons: float | None = None
+    read_sigma: float = 0.0
+    combine: str = "arithmetic"
+
+    def __post_init__(self) -> None:
+        _require(self.factor >= 1, f"factor must be at least 1, got {self.factor}")
+        _require(self.psf_sigma_z >= 0 and self.psf_sigma_xy >= 0, "PSF sigmas must be non-negative")
+        _require(self.peak_photons is None or self.peak_photons > 0, "peak photons must be positive")
+        _require(self.read_sigma >= 0, "read noise must be non-negative")
+        _require(self.combine in COMBINES, f"combine must be one of {', '.join(COMBINES)}, got '{self.combine}'")
+
+
+@dataclass
+class Config:
+    """Everything that defines a model: what it restores, its network and its training."""
+
+    axes: str = "YX"
+    mode: str = "denoise"
+    spatial: str = ""
+    n_channel_in: int = 1
+    n_channel_out: int = 1
+    net: NetConfig = field(default_factory=NetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    intensity_map: dict[str, list[float]] | None = None
+    axial: AxialConfig | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.axial, dict):
+            self.axial = AxialConfig(**self.axial)
+        if isinstance(self.net, dict):
+            self.net = NetConfig(**self.net)
+        if isinstance(self.train, dict):
+            self.train = TrainConfig(**self.train)
+        self.axes = check_axes(self.axes, what="model axes")
+        self.spatial = self.spatial or default_spatial(self.axes)
+        _require(self.mode in MODES, f"mode '{self.mode}' is unknown; use one of {', '.join(MODES)}")
+        _require(self.spatial in ("YX", "ZYX"), f"spatial axes must be YX or ZYX, got {self.spatial}")
+        _require(
+            all(a in self.axes for a in self.spatial), f"axes '{self.axes}' lack the network's axes {self.spatial}"
+        )
+        _require(self.n_channel_in >= 1 and self.n_channel_out >= 1, "channel counts must be at least 1")
+        if self.mode in ("isotropic", "upsampling"):
+            _require(self.axial is not None, f"{self.mode} models need axial settings (factor, PSF)")
+            _require("Z" in self.axes, f"{self.mode} models need a Z axis; got axes '{self.axes}'")
+        self.net = self.net.resolved(self.ndim)
+        self.train = self.train.resolved(self.ndim)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.spatial)
+
+    def to_dict(self) -> dict[str, Any]:
+        from carekit import __version__
+
+        d = asdict(self)
+        d["train"]["patch_size"] = list(self.train.patch_size)
+        return {"format_version": FORMAT_VERSION, "carekit_version": __version__, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> Config:
+        d = dict(d)
+        version = d.pop("format_version", None)
+        written_by = d.pop("carekit_version", "unknown")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CarekitError(
+                f"{source}: model format {version} (written by carekit {written_by}) is newer than this "
+                f"carekit reads (format {FORMAT_VERSION}); upgrade carekit"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CarekitError(f"{source}: unknown settings {', '.join(unknown)}; the model needs a newer carekit")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise CarekitError(f"{source}: damaged configuration ({e})") from None

@@ -1,0 +1,1 @@
+"""Where training pairs come from: pure numpy functions of (arrays, parameters, rng)."""

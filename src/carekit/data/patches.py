@@ -1,0 +1,228 @@
+"""On-the-fly patch sampling from whole image pairs.
+
+Each pair is split once into a training region and a held-out validation slab (the
+far end of its longest lateral axis), so validation never sees training pixels.
+Patch positions are drawn where the target holds structure (background rejection:
+the maximum filter of size patch/2 of the target exceeds ``threshold`` times its 99.9th
+percentile), then input and target are normalised with percentiles drawn from the
+training ranges and flipped/rotated together in the lateral plane.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import maximum_filter
+
+from carekit.data.pairs import ImagePair
+from carekit.errors import CarekitError
+from carekit.normalize import PREDICT_PERCENTILES, TRAIN_HIGH_RANGE, TRAIN_LOW_RANGE, IntensityMap
+
+MAX_CANDIDATES = 4_000_000  # positions kept per image region; a random subset beyond this
+LOW_GRID = np.linspace(*TRAIN_LOW_RANGE, 9)
+HIGH_GRID = np.linspace(*TRAIN_HIGH_RANGE, 9)
+
+
+@dataclass
+class Region:
+    """Candidate patch corners inside one box of one pair."""
+
+    pair: int
+    box: tuple[slice, ...]
+    corners: np.ndarray  # flat indices into the grid of valid corners
+    grid: tuple[int, ...]
+
+
+def percentile_table(img: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Percentiles ``q`` per channel of ``img`` (``(C, *spatial)``): shape ``(C, len(q))``."""
+    return np.percentile(img.reshape(img.shape[0], -1), q, axis=1).T.astype(np.float32)
+
+
+class PatchSampler:
+    """Draws normalised, augmented training patches and a fixed validation set.
+
+    Parameters
+    ----------
+    pairs : list of ImagePair
+    patch_size : tuple of int
+        One entry per spatial axis, e.g. ``(64, 64)`` or ``(16, 64, 64)``.
+    val_fraction : float
+        Fraction of each image's longest lateral axis held out for validation.
+    threshold : float
+        Background rejection threshold (0 keeps every position).
+    augment : bool
+        Random flips (and, with ``rotate``, 90° rotations) in the lateral plane.
+    rotate : bool
+        Allow rotations; off where the data's axes are not interchangeable (isotropic pairs
+        are degraded along X only).
+    """
+
+    def __init__(
+        self,
+        pairs: list[ImagePair],
+        patch_size: tuple[int, ...],
+        *,
+        val_fraction: float = 0.1,
+        threshold: float = 0.4,
+        augment: bool = True,
+        rotate: bool = True,
+    ) -> None:
+        if not pairs:
+            raise CarekitError("no training pairs")
+        self.pairs = pairs
+        self.patch = tuple(int(p) for p in patch_size)
+        self.augment = augment
+        self.rotate = rotate
+        ndim = pairs[0].low.ndim - 1
+        if len(self.patch) != ndim:
+            raise CarekitError(
+                f"patch size {self.patch} has {len(self.patch)} entries but the images have {ndim} spatial axes"
+            )
+        for p in pairs:
+            small = [s < q for s, q in zip(p.low.shape[1:], self.patch, strict=True)]
+            if any(small):
+                raise CarekitError(
+                    f"{p.name}: image of spatial shape {p.low.shape[1:]} is smaller than the patch size "
+                    f"{self.patch}; pass a smaller --patch-size"
+                )
+        q = np.concatenate([LOW_GRID, HIGH_GRID, PREDICT_PERCENTILES])
+        self.low_tables = [percentile_table(p.low, q) for p in pairs]
+        self.high_tables = [percentile_table(p.high, q) for p in pairs]
+        train_boxes, val_boxes = self._split(val_fraction)
+        self.train_regions = self._regions(train_boxes, threshold)
+        self.val_regions = self._regions(val_boxes, threshold) if val_boxes else []
+        n = len(LOW_GRID) + len(HIGH_GRID)
+        self.intensity_map = IntensityMap.fit(
+            [t[:, n : n + 2] for t in self.low_tables], [t[:, n : n + 2] for t in self.high_tables]
+        )
+
+    # -- setting up -------------------------------------------------------------
+    def _split(self, val_fraction: float) -> tuple[list, list]:
+        full = [(i, tuple(slice(0, s) for s in p.low.shape[1:])) for i, p in enumerate(self.pairs)]
+        if val_fraction <= 0:
+            return full, []
+        train, val = [], []
+        for i, p in enumerate(self.pairs):
+            shape = p.low.shape[1:]
+            axis = len(shape) - 1 if shape[-1] >= shape[-2] else len(shape) - 2
+            size, patch = shape[axis], self.patch[axis]
+            held = max(math.ceil(val_fraction * size), patch)
+            if size - held < patch:
+                train.append(full[i])
+                continue
+            cut = size - held
+            box = full[i][1]
+            train.append((i, (*box[:axis], slice(0, cut), *box[axis + 1 :])))
+            val.append((i, (*box[:axis], slice(cut, size), *box[axis + 1 :])))
+        if not val:
+            if len(self.pairs) < 2:
+                p = self.pairs[0]
+                raise CarekitError(
+                    f"{p.name}: image of spatial shape {p.low.shape[1:]} is too small to hold out a validation "
+                    f"region of patch size {self.patch}; pass a smaller --patch-size, more images, "
+                    "or --validation-fraction 0"
+                )
+            val = [full[-1]]
+            train = full[:-1]
+        return train, val
+
+    def _regions(self, boxes: list, threshold: float) -> list[Region]:
+        regions = []
+        for i, box in boxes:
+            high = self.pairs[i].high[(slice(None), *box)]
+            grid = tuple(s - p + 1 for s, p in zip(high.shape[1:], self.patch, strict=True))
+            ok = self._foreground(high, threshold, grid)
+            corners = np.flatnonzero(ok)
+            if corners.size > MAX_CANDIDATES:
+                corners = np.sort(np.random.default_rng(i).choice(corners, MAX_CANDIDATES, replace=False))
+            regions.append(Region(i, box, corners, grid))
+        if regions and all(r.corners.size == 0 for r in regions):
+            for r in regions:  # nothing passes the threshold anywhere: fall back to every position
+                r.corners = np.arange(min(int(np.prod(r.grid)), MAX_CANDIDATES))
+        return [r for r in regions if r.corners.size]
+
+    def _foreground(self, high: np.ndarray, threshold: float, grid: tuple[int, ...]) -> np.ndarray:
+        """Boolean grid of patch corners whose patch centre lies on structure."""
+        if threshold <= 0:
+            return np.ones(grid, bool)
+        strongest = high.max(axis=0).astype(np.float32)
+        size = tuple(max(1, p // 2) for p in self.patch)
+        peak = np.percentile(strongest, 99.9)
+        passed = maximum_filter(strongest, size=size, mode="nearest") > threshold * peak
+        centre = tuple(slice(p // 2, p // 2 + g) for p, g in zip(self.patch, grid, strict=True))
+        return passed[centre]
+
+    # -- drawing ----------------------------------------------------------------
+    @property
+    def n_channels(self) -> tuple[int, int]:
+        return self.pairs[0].low.shape[0], self.pairs[0].high.shape[0]
+
+    def _cut(self, region: Region, flat: int) -> tuple[np.ndarray, np.ndarray]:
+        corner = np.unravel_index(flat, region.grid)
+        sl = (
+            slice(None),
+            *(slice(b.start + c, b.start + c + p) for b, c, p in zip(region.box, corner, self.patch, strict=True)),
+        )
+        pair = self.pairs[region.pair]
+        return pair.low[sl], pair.high[sl]
+
+    def _normalised(self, i: int, x: np.ndarray, y: np.ndarray, lo_q: float, hi_q: float) -> tuple:
+        def scaled(img: np.ndarray, table: np.ndarray) -> np.ndarray:
+            n = len(LOW_GRID)
+            lo = np.array([np.interp(lo_q, LOW_GRID, t[:n]) for t in table], np.float32)
+            hi = np.array([np.interp(hi_q, HIGH_GRID, t[n : 2 * n]) for t in table], np.float32)
+            span = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
+            shape = (-1,) + (1,) * (img.ndim - 1)
+            return (img.astype(np.float32) - lo.reshape(shape)) / span.reshape(shape)
+
+        return scaled(x, self.low_tables[i]), scaled(y, self.high_tables[i])
+
+    def _augmented(self, rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple:
+        for axis in (-1, -2):
+            if rng.random() < 0.5:
+                x, y = np.flip(x, axis), np.flip(y, axis)
+        if self.rotate and self.patch[-1] == self.patch[-2]:
+            k = int(rng.integers(4))
+            x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k, axes=(-2, -1))
+        return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+    def _draw(self, rng: np.random.Generator, regions: list[Region]) -> int:
+        weights = np.array([r.corners.size for r in regions], np.float64)
+        return int(rng.choice(len(regions), p=weights / weights.sum()))
+
+    def batch(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """One training batch ``(x, y)`` of float32 arrays ``(size, C, *patch)``."""
+        xs, ys = [], []
+        for _ in range(size):
+            region = self.train_regions[self._draw(rng, self.train_regions)]
+            x, y = self._cut(region, int(region.corners[rng.integers(region.corners.size)]))
+            lo_q, hi_q = rng.uniform(*TRAIN_LOW_RANGE), rng.uniform(*TRAIN_HIGH_RANGE)
+            x, y = self._normalised(region.pair, x, y, lo_q, hi_q)
+            if self.augment:
+                x, y = self._augmented(rng, x, y)
+            xs.append(x)
+            ys.append(y)
+        return np.stack(xs), np.stack(ys)
+
+    def batches(self, seed: int | list[int], steps: int, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``steps`` batches from a generator seeded with ``seed`` (reproducible per epoch)."""
+        rng = np.random.default_rng(seed)
+        for _ in range(steps):
+            yield self.batch(rng, size)
+
+    def validation(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+        """A fixed validation set of ``n`` patches (prediction percentiles, no augmentation)."""
+        if not self.val_regions or n <= 0:
+            return None
+        rng = np.random.default_rng(seed)
+        xs, ys = [], []
+        for _ in range(n):
+            region = self.val_regions[self._draw(rng, self.val_regions)]
+            x, y = self._cut(region, int(region.corners[rng.integers(region.corners.size)]))
+            x, y = self._normalised(region.pair, x, y, *PREDICT_PERCENTILES)
+            xs.append(x)
+            ys.append(y)
+        return np.stack(xs), np.stack(ys)

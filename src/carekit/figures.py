@@ -1,0 +1,96 @@
+"""PNG figures a person can look at."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from carekit.io import write_atomic
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Save and close ``fig`` atomically (the format follows the file name)."""
+    suffix = Path(path).suffix.lstrip(".") or "png"
+    try:
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix))
+    finally:
+        plt.close(fig)
+
+
+def training_curve(history: list[dict], path: str | Path) -> Path:
+    """Training and validation loss per epoch, with the learning rate."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["loss"] for h in history], label="training loss")
+    val = [h["val_loss"] for h in history]
+    if not all(math.isnan(v) for v in val):
+        ax.plot(epochs, val, label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend(loc="upper left")
+    lr = ax.twinx()
+    lr.plot(epochs, [h["lr"] for h in history], color="gray", linestyle=":", label="learning rate")
+    lr.set_ylabel("learning rate", color="gray")
+    lr.set_yscale("log")
+    return save_figure(fig, path)
+
+
+def display_range(image: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(image, (0.5, 99.8))
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def comparison(panels: dict[str, np.ndarray], path: str | Path, *, scores: dict[str, str] | None = None) -> Path:
+    """Images side by side, each scaled to its own display range, titled with its score."""
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6))
+    for ax, (name, img) in zip(np.atleast_1d(axes), panels.items(), strict=True):
+        lo, hi = display_range(img)
+        ax.imshow(img, cmap="magma", vmin=lo, vmax=hi, interpolation="nearest")
+        title = name if not scores or name not in scores else f"{name}\n{scores[name]}"
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    return save_figure(fig, path)
+
+
+def xz_power_spectrum(volume: np.ndarray, max_planes: int = 64) -> np.ndarray:
+    """Log power spectrum of a ZYX volume's XZ planes, averaged over (up to ``max_planes``) Y."""
+    v = np.asarray(volume, np.float32)
+    ys = np.linspace(0, v.shape[1] - 1, min(max_planes, v.shape[1])).astype(int)
+    planes = v[:, ys, :].transpose(1, 0, 2)  # Y Z X
+    planes = planes - planes.mean(axis=(1, 2), keepdims=True)
+    power = (np.abs(np.fft.fft2(planes)) ** 2).mean(axis=0)
+    return np.log10(np.fft.fftshift(power) + 1e-12)
+
+
+def axial_spectrum(panels: dict[str, np.ndarray], path: str | Path, *, voxel_ratio: float = 1.0) -> Path:
+    """XZ Fourier spectra (kx across, kz up) and XZ sections of ZYX volumes that share one grid.
+
+    Axial frequencies lost to the PSF and coarse sampling show as an empty band along kz;
+    a restoration that recovers them fills it.
+    """
+    n = len(panels)
+    fig, axes = plt.subplots(2, n, figsize=(3.4 * n, 6.4), squeeze=False)
+    spectra = {name: xz_power_spectrum(v) for name, v in panels.items()}
+    lo = min(float(np.percentile(s, 5)) for s in spectra.values())
+    hi = max(float(s.max()) for s in spectra.values())
+    for i, (name, volume) in enumerate(panels.items()):
+        section = np.asarray(volume)[:, volume.shape[1] // 2, :]
+        a, b = display_range(section)
+        axes[0, i].imshow(section, cmap="magma", vmin=a, vmax=b, aspect=voxel_ratio, interpolation="nearest")
+        axes[0, i].set_title(f"{name}: XZ section", fontsize=10)
+        axes[1, i].imshow(spectra[name], cmap="viridis", vmin=lo, vmax=hi, aspect="auto")
+        axes[1, i].set_title(f"{name}: XZ spectrum (log)", fontsize=10)
+        for ax in axes[:, i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_ylabel("z")
+    axes[1, 0].set_ylabel("kz")
+    return save_figure(fig, path)

@@ -1,0 +1,232 @@
+"""The model: configuration + network, its folder on disk, and prediction on user arrays.
+
+A model folder holds ``config.json`` (every setting, axes, normalisation, carekit
+version), ``weights.safetensors`` (the best weights), ``last.safetensors`` (the last
+checkpoint, for resuming), ``history.csv`` and ``training.png``. Nothing in it is
+ever unpickled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from carekit.axes import check_axes, from_net, to_net
+from carekit.config import Config
+from carekit.engine import Engine, choose_engine
+from carekit.errors import CarekitError
+from carekit.io import check_finite, read_json, write_atomic, write_json
+from carekit.nets.unet import UNet, count_parameters
+from carekit.normalize import PREDICT_PERCENTILES, IntensityMap, denormalize, normalize, percentiles
+from carekit.predict import predict_tiled
+
+CONFIG = "config.json"
+WEIGHTS = "weights.safetensors"
+LAST = "last.safetensors"
+HISTORY = "history.csv"
+CURVE = "training.png"
+
+
+def build_net(config: Config) -> UNet:
+    n = config.net
+    return UNet(
+        config.ndim,
+        config.n_channel_in,
+        config.n_channel_out,
+        depth=n.depth,
+        n_first=n.n_first,
+        kernel_size=n.kernel_size,
+        n_conv=n.n_conv,
+        residual=n.residual,
+        batch_norm=n.batch_norm,
+    )
+
+
+def state_dict_cpu(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone() for k, v in net.state_dict().items()}
+
+
+class CARE:
+    """A CARE restoration model.
+
+    Examples
+    --------
+    >>> model = carekit.train(low, high, axes="YX", model_dir="my_model")  # doctest: +SKIP
+    >>> restored = model.predict(new_image, axes="YX")  # doctest: +SKIP
+    >>> model = carekit.load("my_model")  # doctest: +SKIP
+    """
+
+    mode = "denoise"
+    by_mode: ClassVar[dict[str, type[CARE]]] = {}
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "mode" in cls.__dict__:  # shared bases register nothing
+            CARE.by_mode[cls.mode] = cls
+
+    def __init__(self, config: Config, net: UNet | None = None, directory: str | Path | None = None) -> None:
+        self.config = config
+        self.net = net if net is not None else build_net(config)
+        self.directory = Path(directory) if directory is not None else None
+        self._engine: Engine | None = None
+
+    # -- description ----------------------------------------------------------
+    @property
+    def intensity_map(self) -> IntensityMap:
+        if self.config.intensity_map is None:
+            return IntensityMap.identity(self.config.n_channel_out)
+        return IntensityMap.from_dict(self.config.intensity_map)
+
+    def summary(self) -> str:
+        c, n = self.config, self.config.net
+        return (
+            f"CARE {c.mode} model, {c.ndim}D U-Net: depth {n.depth}, {n.n_first} first features, "
+            f"kernel {n.kernel_size}, {'residual' if self.net.residual else 'no residual'}, "
+            f"{c.n_channel_in} -> {c.n_channel_out} channel(s); {count_parameters(self.net):,} parameters; "
+            f"receptive-field halo {self.net.halo()} px; trained on axes {c.axes}"
+        )
+
+    def __repr__(self) -> str:
+        return f"<{self.summary()}>"
+
+    # -- prediction -------------------------------------------------------------
+    def output_spacing(self, spacing: dict[str, float] | None, factor: float | None = None) -> dict[str, float] | None:
+        """Voxel size of :meth:`predict`'s result for an input with ``spacing`` (unchanged here)."""
+        return spacing
+
+    def output_axes(self, axes: str) -> str:
+        """Axes of :meth:`predict`'s result for an input with ``axes`` (C appears for multi-channel output)."""
+        axes = check_axes(axes)
+        if "C" in axes or self.config.n_channel_out == 1:
+            return axes
+        first = min(axes.index(a) for a in self.config.spatial)
+        return axes[:first] + "C" + axes[first:]
+
+    def engine(self, device: str = "auto", precision: str | None = None) -> Engine:
+        engine = choose_engine(device, precision or self.config.train.precision)
+        if engine != self._engine:
+            self.net = engine.prepare(self.net.eval())
+            self._engine = engine
+        return engine
+
+    def predict(
+        self,
+        image: np.ndarray,
+        axes: str | None = None,
+        *,
+        n_tiles: tuple[int, ...] | None = None,
+        memory: int | None = None,
+        device: str = "auto",
+        precision: str | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Restore ``image`` and return float32 intensities in the same axes order.
+
+        Parameters
+        ----------
+        image : ndarray
+        axes : str, optional
+            The image's axes (e.g. ``"YX"``, ``"TZCYX"``); default the training axes.
+        n_tiles : tuple of int, optional
+            Tiles per spatial axis; default chosen from ``memory``.
+        memory : int, optional
+            Activation memory budget in bytes per batch of tiles.
+        device, precision : str
+            ``"auto"`` picks CUDA if present and the fastest safe precision.
+        """
+        image = np.asarray(image)
+        axes = axes or self.config.axes
+        x, layout = to_net(image, axes, self.config.spatial, what="image")
+        if x.shape[1] != self.config.n_channel_in:
+            raise CarekitError(
+                f"image has {x.shape[1]} channel(s) along C but the model expects {self.config.n_channel_in}; "
+                "check --axes and the channel order"
+            )
+        check_finite(x, "image")
+        restored = self.restore(
+            x, n_tiles=n_tiles, memory=memory, device=device, precision=precision, progress=progress
+        )
+        out, _ = from_net(restored, layout)
+        return out
+
+    def restore(
+        self,
+        x: np.ndarray,
+        *,
+        n_tiles: tuple[int, ...] | None = None,
+        memory: int | None = None,
+        device: str = "auto",
+        precision: str | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Network order in and out: ``(N, C, *S)`` intensities -> ``(N, C_out, *S)`` restored intensities."""
+        lo, hi = percentiles(x, PREDICT_PERCENTILES)
+        engine = self.engine(device, precision)
+        y = predict_tiled(
+            self.net,
+            normalize(x, lo, hi),
+            engine,
+            grid=self.net.divisor(),
+            halo=self.net.halo(),
+            bytes_per_voxel=self.net.bytes_per_voxel(),
+            n_tiles=n_tiles,
+            memory=memory,
+            progress=progress,
+        )
+        t_lo, t_hi = self.intensity_map.apply(lo, hi)
+        return denormalize(y, t_lo, t_hi)
+
+    # -- folder -------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``weights.safetensors`` into ``directory``."""
+        d = Path(directory)
+        write_json(d / CONFIG, self.config.to_dict())
+        save_weights(d / WEIGHTS, self.net)
+        self.directory = d
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, *, weights: str = WEIGHTS) -> CARE:
+        """Load a model folder (no pickles are read)."""
+        d = Path(directory)
+        if not d.is_dir():
+            raise CarekitError(f"{d}: no such model folder; pass the --model folder written by 'carekit train'")
+        config = Config.from_dict(read_json(d / CONFIG), source=str(d / CONFIG))
+        net = build_net(config)
+        load_weights(d / weights, net)
+        return model_class(config.mode)(config, net, d)
+
+
+CARE.by_mode[CARE.mode] = CARE
+
+
+def model_class(mode: str) -> type[CARE]:
+    """The class that predicts for ``mode`` (each mode's module registers its own)."""
+    import carekit.axial  # noqa: F401  (registers the isotropic and upsampling models)
+
+    return CARE.by_mode[mode]
+
+
+def save_weights(path: Path, net: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
+    tensors = state_dict_cpu(net)
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_weights(path: Path, net: torch.nn.Module) -> None:
+    if not path.exists():
+        raise CarekitError(f"{path}: weights missing; train the model first or point --model at a complete folder")
+    try:
+        tensors = load_file(str(path))
+        net.load_state_dict(tensors)
+    except Exception as e:  # safetensors and torch raise several types for damaged files
+        first = str(e).splitlines()[0]
+        raise CarekitError(f"{path}: weights do not fit the configuration ({first}); the folder is damaged") from None
+
+
+def load(directory: str | Path) -> CARE:
+    """Load a model folder: ``carekit.load("my_model")``."""
+    return CARE.load(directory)

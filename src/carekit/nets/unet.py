@@ -1,0 +1,149 @@
+"""The n-dimensional CARE U-Net.
+
+Two 'same'-padded conv+ReLU layers per level, 2x max-pooling, nearest upsampling and
+concatenated skips; features ``n_first * 2**level``; a linear 1x1 output layer; the
+input is added back when input and output channel counts match. With the reference
+defaults (depth 2, 32 first features, kernel 5 in 2D) it has 922,977 parameters.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+POOL = {2: F.max_pool2d, 3: F.max_pool3d}
+NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+
+
+def conv_block(ndim: int, widths: list[int], kernel: tuple[int, ...], batch_norm: bool) -> nn.Sequential:
+    """Convolutions ``widths[0] -> widths[1] -> ...``, each followed by ReLU."""
+    layers: list[nn.Module] = []
+    for cin, cout in itertools.pairwise(widths):
+        layers.append(CONV[ndim](cin, cout, kernel, padding=tuple(k // 2 for k in kernel), bias=not batch_norm))
+        if batch_norm:
+            layers.append(NORM[ndim](cout))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class UNet(nn.Module):
+    """CARE U-Net for ``(N, C, Y, X)`` or ``(N, C, Z, Y, X)`` tensors.
+
+    Parameters
+    ----------
+    ndim : int
+        2 or 3 spatial dimensions.
+    in_channels, out_channels : int
+    depth : int
+        Number of pooling steps.
+    n_first : int
+        Features of the first level; level ``l`` has ``n_first * 2**l``.
+    kernel_size : int
+        Convolution kernel edge (odd).
+    n_conv : int
+        Convolutions per level.
+    residual : bool
+        Add the input to the output (only when channel counts match).
+    batch_norm : bool
+        Batch normalisation after each convolution.
+    pool : tuple of int, optional
+        Pooling factor per spatial axis (default 2 everywhere; 1 leaves an axis unpooled).
+    """
+
+    def __init__(
+        self,
+        ndim: int,
+        in_channels: int,
+        out_channels: int,
+        *,
+        depth: int = 2,
+        n_first: int = 32,
+        kernel_size: int = 5,
+        n_conv: int = 2,
+        residual: bool = True,
+        batch_norm: bool = False,
+        pool: tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        if ndim not in CONV:
+            raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+        self.ndim, self.depth, self.n_conv = ndim, depth, n_conv
+        self.kernel = (kernel_size,) * ndim
+        self.pool = tuple(pool) if pool is not None else (2,) * ndim
+        self.residual = residual and in_channels == out_channels
+        width = [n_first * 2**level for level in range(depth + 1)]
+
+        def half(level: int) -> int:
+            return width[max(level - 1, 0)]
+
+        self.down = nn.ModuleList()
+        cin = in_channels
+        for level in range(depth):
+            self.down.append(conv_block(ndim, [cin] + [width[level]] * n_conv, self.kernel, batch_norm))
+            cin = width[level]
+        self.bottom = conv_block(ndim, [cin] + [width[depth]] * (n_conv - 1) + [half(depth)], self.kernel, batch_norm)
+        self.up = nn.ModuleList()
+        for level in reversed(range(depth)):
+            widths = [half(level + 1) + width[level]] + [width[level]] * (n_conv - 1) + [half(level)]
+            self.up.append(conv_block(ndim, widths, self.kernel, batch_norm))
+        self.features = half(0)
+        self.head = CONV[ndim](self.features, out_channels, 1)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature maps, before the 1x1 output layer."""
+        skips = []
+        h = x
+        for block in self.down:
+            h = block(h)
+            skips.append(h)
+            h = POOL[self.ndim](h, self.pool)
+        h = self.bottom(h)
+        for block, skip in zip(self.up, reversed(skips), strict=True):
+            h = F.interpolate(h, scale_factor=self.pool, mode="nearest")
+            h = block(torch.cat([h, skip], dim=1))
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.body(x))
+        if self.residual:
+            out = out + x
+        return out
+
+    def divisor(self) -> tuple[int, ...]:
+        """Spatial sizes must be multiples of this (the pooling grid)."""
+        return tuple(p**self.depth for p in self.pool)
+
+    def halo(self) -> tuple[int, ...]:
+        """An upper bound of the receptive-field radius per axis, rounded up to the pooling grid.
+
+        Tiles that overlap by this much reproduce an untiled prediction exactly.
+        """
+        halos = []
+        for k, p, d in zip(self.kernel, self.pool, self.divisor(), strict=True):
+            radius, scale = 0, 1
+            for _ in range(self.depth):
+                radius += self.n_conv * (k // 2) * scale + scale * (p - 1)
+                scale *= p
+            radius += self.n_conv * (k // 2) * scale
+            for _ in range(self.depth):
+                radius += scale * (p - 1)
+                scale //= p
+                radius += self.n_conv * (k // 2) * scale
+            halos.append(-(-radius // d) * d)
+        return tuple(halos)
+
+    def bytes_per_voxel(self) -> int:
+        """Rough peak activation memory per input voxel at inference (float32), for tile sizing."""
+        per_level = sum(
+            6 * self.features * 2**level / (2 ** (level * sum(p > 1 for p in self.pool)))
+            for level in range(self.depth + 1)
+        )
+        return int(4 * (per_level + 4))
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())

@@ -1,0 +1,130 @@
+"""Tiled prediction of normalised arrays, for images of any size.
+
+An image is padded up to the network's pooling grid and cut into equal windows:
+a core tile plus a halo at least as wide as the network's receptive field, with
+window starts on the pooling grid. Only the cores are kept, so a tiled result
+equals the untiled one up to float rounding. Windows are batched, and their
+size follows a memory budget.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from carekit.engine import Engine
+
+DEFAULT_MEMORY = 1536 * 2**20  # bytes of activations per batch of windows on CPU
+MAX_BATCH = 16
+
+
+@dataclass(frozen=True)
+class Span:
+    """Along one axis: the window read from the padded input and the core it contributes."""
+
+    start: int
+    length: int
+    core_start: int
+    core_stop: int
+
+
+def spans(size: int, n_tiles: int, halo: int, grid: int) -> list[Span]:
+    """Split a padded axis of ``size`` (a multiple of ``grid``) into ``n_tiles`` windows."""
+    core = math.ceil(size / n_tiles / grid) * grid
+    if core >= size:
+        return [Span(0, size, 0, size)]
+    length = min(size, core + 2 * halo)
+    out = []
+    for a in range(0, size, core):
+        b = min(a + core, size)
+        start = min(max(a - halo, 0), size - length)
+        out.append(Span(start, length, a, b))
+    return out
+
+
+def pad_to_grid(x: np.ndarray, grid: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Pad the spatial axes of ``(N, C, *S)`` at their ends to multiples of ``grid`` (mirroring)."""
+    shape = x.shape[2:]
+    target = tuple(math.ceil(s / g) * g for s, g in zip(shape, grid, strict=True))
+    if target == shape:
+        return x, shape
+    pad = [(0, 0), (0, 0)] + [(0, t - s) for s, t in zip(shape, target, strict=True)]
+    mode = "reflect" if min(shape) > 1 else "edge"
+    return np.pad(x, pad, mode=mode), shape
+
+
+def auto_tiles(shape: tuple[int, ...], halo: tuple[int, ...], grid: tuple[int, ...], budget_voxels: int) -> tuple:
+    """Fewest tiles per axis whose windows fit ``budget_voxels``; the largest window is split first."""
+    n = [1] * len(shape)
+
+    def window(i: int, k: int) -> int:
+        core = math.ceil(shape[i] / k / grid[i]) * grid[i]
+        return shape[i] if core >= shape[i] else min(shape[i], core + 2 * halo[i])
+
+    def next_split(i: int) -> int | None:
+        now = window(i, n[i])
+        return next((k for k in range(n[i] + 1, shape[i] // grid[i] + 1) if window(i, k) < now), None)
+
+    while math.prod(window(i, k) for i, k in enumerate(n)) > budget_voxels:
+        options = [(window(i, n[i]), i, k) for i in range(len(n)) if (k := next_split(i)) is not None]
+        if not options:
+            break
+        _, axis, k = max(options)
+        n[axis] = k
+    return tuple(n)
+
+
+def predict_tiled(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: np.ndarray,
+    engine: Engine,
+    *,
+    grid: tuple[int, ...],
+    halo: tuple[int, ...],
+    bytes_per_voxel: int,
+    n_tiles: tuple[int, ...] | None = None,
+    memory: int | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Run ``forward`` over ``x`` (``(N, C, *S)`` float32) in tiles; returns ``(N, C_out, *S)`` float32.
+
+    ``n_tiles`` fixes the number of tiles per spatial axis; otherwise it is chosen so
+    that a window's activations fit ``memory`` bytes.
+    """
+    padded, shape = pad_to_grid(np.asarray(x, np.float32), grid)
+    size = padded.shape[2:]
+    budget = memory or DEFAULT_MEMORY
+    if n_tiles is None:
+        n_tiles = auto_tiles(size, halo, grid, max(1, budget // bytes_per_voxel))
+    if len(n_tiles) != len(size):
+        raise ValueError(f"n_tiles {n_tiles} must have one entry per spatial axis {size}")
+    axis_spans = [spans(s, k, h, g) for s, k, h, g in zip(size, n_tiles, halo, grid, strict=True)]
+    jobs = [(i, combo) for i in range(padded.shape[0]) for combo in itertools.product(*axis_spans)]
+    window_voxels = math.prod(sp.length for sp in jobs[0][1])
+    per_batch = int(max(1, min(MAX_BATCH, budget // (window_voxels * bytes_per_voxel))))
+    out = None
+    batches = range(0, len(jobs), per_batch)
+    bar = tqdm(batches, desc="predict", unit="batch", disable=not progress or len(batches) < 2, leave=False)
+    with torch.inference_mode():
+        for b in bar:
+            chunk = jobs[b : b + per_batch]
+            windows = np.stack(
+                [padded[(i, slice(None), *(slice(s.start, s.start + s.length) for s in combo))] for i, combo in chunk]
+            )
+            with engine.autocast():
+                result = forward(engine.tensor(windows))
+            result = result.float().cpu().numpy()
+            if out is None:
+                out = np.empty((padded.shape[0], result.shape[1], *size), np.float32)
+            for (i, combo), r in zip(chunk, result, strict=True):
+                dst = (i, slice(None), *(slice(s.core_start, s.core_stop) for s in combo))
+                src = (slice(None), *(slice(s.core_start - s.start, s.core_stop - s.start) for s in combo))
+                out[dst] = r[src]
+    assert out is not None
+    return out[(slice(None), slice(None), *(slice(0, s) for s in shape))]

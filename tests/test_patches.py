@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from carekit.data.pairs import ImagePair
+from carekit.data.patches import PatchSampler
+from carekit.errors import CarekitError
+
+
+def square_pair(size=128):
+    """Background everywhere but one bright square: the input is a tagged copy of the target."""
+    high = np.zeros((1, size, size), np.float32)
+    high[0, 40:56, 20:36] = 1.0
+    low = high * 3 + np.arange(size * size, dtype=np.float32).reshape(1, size, size) * 1e-6
+    return ImagePair("square", low, high)
+
+
+def test_background_rejection_keeps_patches_on_structure():
+    sampler = PatchSampler([square_pair()], (32, 32), val_fraction=0.0)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        _, y = sampler.batch(rng, 4)
+        assert (y.reshape(4, -1).max(axis=1) > 0.5).all()
+
+
+def test_without_rejection_most_patches_are_background():
+    sampler = PatchSampler([square_pair()], (32, 32), val_fraction=0.0, threshold=0.0)
+    _, y = sampler.batch(np.random.default_rng(0), 64)
+    assert (y.reshape(64, -1).max(axis=1) < 0.5).mean() > 0.5
+
+
+def test_input_and_target_are_augmented_together():
+    rng = np.random.default_rng(1)
+    high = rng.random((1, 64, 64)).astype(np.float32)
+    sampler = PatchSampler([ImagePair("r", 2 * high + 5, high)], (32, 32), val_fraction=0.0, threshold=0.0)
+    x, y = sampler.batch(rng, 32)
+    # after normalising both, input and target must agree pixel by pixel (same flips/rotations)
+    xs = (x - x.min(axis=(2, 3), keepdims=True)) / np.ptp(x, axis=(2, 3), keepdims=True)
+    ys = (y - y.min(axis=(2, 3), keepdims=True)) / np.ptp(y, axis=(2, 3), keepdims=True)
+    np.testing.assert_allclose(xs, ys, atol=1e-5)
+
+
+def test_validation_slab_never_overlaps_training():
+    pair = square_pair(128)
+    sampler = PatchSampler([pair], (32, 32), val_fraction=0.25, threshold=0.0)
+    (train_region,) = sampler.train_regions
+    (val_region,) = sampler.val_regions
+    assert train_region.box[-1] == slice(0, 96) and val_region.box[-1] == slice(96, 128)
+
+
+def test_patch_larger_than_image():
+    with pytest.raises(CarekitError, match="smaller than the patch size"):
+        PatchSampler([square_pair(48)], (64, 64))
+
+
+def test_image_too_small_for_validation():
+    with pytest.raises(CarekitError, match="validation-fraction 0"):
+        PatchSampler([square_pair(48)], (32, 32), val_fraction=0.1)
+
+
+def test_three_d_patches_and_fixed_validation():
+    rng = np.random.default_rng(0)
+    high = rng.random((1, 12, 40, 80)).astype(np.float32)
+    sampler = PatchSampler([ImagePair("v", high, high)], (8, 16, 16), val_fraction=0.2, threshold=0.0)
+    x, y = sampler.batch(rng, 3)
+    assert x.shape == y.shape == (3, 1, 8, 16, 16)
+    v1, v2 = sampler.validation(5, seed=2), sampler.validation(5, seed=2)
+    np.testing.assert_array_equal(v1[0], v2[0])

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from carekit.config import Config, NetConfig
+from carekit.engine import choose_engine
+from carekit.model import CARE
+from carekit.nets.unet import UNet
+from carekit.predict import auto_tiles, predict_tiled, spans
+
+
+def tiled(net, x, n_tiles):
+    return predict_tiled(
+        net.eval(),
+        x,
+        choose_engine("cpu", "float32"),
+        grid=net.divisor(),
+        halo=net.halo(),
+        bytes_per_voxel=net.bytes_per_voxel(),
+        n_tiles=n_tiles,
+    )
+
+
+@pytest.mark.parametrize("n_tiles", [(2, 2), (3, 4), (5, 1)])
+def test_tiled_equals_untiled_2d(n_tiles):
+    torch.manual_seed(0)
+    net = UNet(2, 1, 1, n_first=8, kernel_size=5)
+    x = np.random.default_rng(0).random((2, 1, 150, 171)).astype(np.float32)
+    whole = tiled(net, x, (1, 1))
+    assert whole.shape == x.shape
+    assert np.abs(tiled(net, x, n_tiles) - whole).max() < 1e-4
+
+
+def test_tiled_equals_untiled_3d_multichannel():
+    torch.manual_seed(0)
+    net = UNet(3, 2, 3, n_first=4, kernel_size=3)
+    x = np.random.default_rng(1).random((1, 2, 22, 50, 61)).astype(np.float32)
+    whole = tiled(net, x, (1, 1, 1))
+    assert whole.shape == (1, 3, 22, 50, 61)
+    assert np.abs(tiled(net, x, (2, 2, 3)) - whole).max() < 1e-4
+
+
+def test_spans_cover_every_pixel_once():
+    for size, n in [(128, 3), (64, 1), (1000, 7)]:
+        covered = np.zeros(size, int)
+        for s in spans(size, n, 16, 4):
+            assert s.start % 4 == 0 and s.start <= s.core_start and s.core_stop <= s.start + s.length <= size
+            covered[s.core_start : s.core_stop] += 1
+        assert (covered == 1).all()
+
+
+def test_auto_tiles_fit_the_budget_and_do_not_split_needlessly():
+    assert auto_tiles((256, 256), (20, 20), (4, 4), 10**9) == (1, 1)
+    n = auto_tiles((2048, 2048), (52, 52), (4, 4), 600 * 600)
+    windows = [min(2048, int(np.ceil(2048 / k / 4)) * 4 + 104) for k in n]
+    assert np.prod(windows) <= 600 * 600
+
+
+def test_model_predict_tiles_and_keeps_axes():
+    torch.manual_seed(0)
+    config = Config(axes="YX", net=NetConfig(n_first=8, kernel_size=3))
+    model = CARE(config)
+    img = np.random.default_rng(2).gamma(2, 50, size=(3, 70, 90)).astype(np.float32)  # X Y T, unusual order
+    img = img.transpose(2, 1, 0)  # T... keep a shuffled layout: (90, 70, 3) as X Y T
+    out = model.predict(img, "XYT", precision="float32")
+    assert out.shape == img.shape and out.dtype == np.float32
+    out_tiled = model.predict(img, "XYT", precision="float32", n_tiles=(3, 2))
+    np.testing.assert_allclose(out_tiled, out, rtol=1e-4, atol=1e-3)

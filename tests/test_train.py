@@ -1,0 +1,101 @@
+import csv
+
+import numpy as np
+import pytest
+from conftest import TINY, blobs, noisy
+
+import carekit
+from carekit.errors import CarekitError
+from carekit.metrics import evaluate
+
+
+def read_history(folder):
+    with open(folder / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained_2d(tmp_path_factory):
+    clean = blobs((128, 128), seed=3, density=0.01)
+    low = noisy(clean, peak=3)
+    folder = tmp_path_factory.mktemp("m2d")
+    model = carekit.train(
+        low, clean, "YX", folder / "m", epochs=4, steps_per_epoch=40, patch_size=(32, 32), progress=False, **TINY
+    )
+    return model, folder / "m"
+
+
+def test_restoration_improves_psnr_2d(trained_2d):
+    model, _ = trained_2d
+    clean = blobs((96, 96), seed=11, density=0.01)  # an image the network never saw
+    low = noisy(clean, peak=3, seed=12)
+    before = evaluate(low, clean)["psnr"]
+    after = evaluate(model.predict(low, "YX"), clean)["psnr"]
+    assert after > before + 3.0, (before, after)
+
+
+def test_restoration_improves_psnr_3d(tmp_path):
+    clean = blobs((16, 40, 96), seed=5, density=0.01, sigma=2.0)
+    low = noisy(clean, peak=3)
+    model = carekit.train(
+        low, clean, "ZYX", tmp_path / "m", epochs=4, steps_per_epoch=40, patch_size=(8, 32, 32), progress=False, **TINY
+    )
+    test_clean = blobs((16, 48, 48), seed=21, density=0.01, sigma=2.0)
+    test_low = noisy(test_clean, peak=3, seed=22)
+    before = evaluate(test_low, test_clean)["psnr"]
+    after = evaluate(model.predict(test_low, "ZYX"), test_clean)["psnr"]
+    assert after > before + 1.5, (before, after)
+
+
+def test_save_load_gives_identical_predictions(trained_2d):
+    model, folder = trained_2d
+    img = noisy(blobs((64, 80), seed=8))
+    again = carekit.load(folder)
+    np.testing.assert_array_equal(model.predict(img, "YX"), again.predict(img, "YX"))
+    assert again.config == model.config
+
+
+def test_model_folder_contents(trained_2d):
+    _, folder = trained_2d
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "weights.safetensors", "last.safetensors", "history.csv", "training.png"} <= names
+    assert not [n for n in names if n.endswith(".partial")]
+    rows = read_history(folder)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
+
+
+def test_output_is_in_target_units(trained_2d):
+    model, _ = trained_2d
+    clean = blobs((96, 96), seed=11, density=0.01)
+    out = model.predict(noisy(clean, peak=3, seed=12), "YX")
+    # targets span ~0..1 while inputs are photon counts (~0..6): output must follow the target
+    assert 0.5 < np.percentile(out, 99.9) < 1.5
+
+
+def test_time_budget_and_resume(tmp_path):
+    clean = blobs((64, 64), seed=2)
+    low = noisy(clean)
+    kw = {"patch_size": (32, 32), "progress": False, **TINY}
+    carekit.train(low, clean, "YX", tmp_path / "m", epochs=50, steps_per_epoch=5, time_budget=0.0, **kw)
+    rows = read_history(tmp_path / "m")
+    assert len(rows) == 1 and int(rows[0]["steps"]) == 1  # stopped after the first step
+    carekit.train(low, clean, "YX", tmp_path / "m", epochs=3, resume=True, **kw)
+    rows = read_history(tmp_path / "m")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+
+
+def test_refuses_to_overwrite_a_model(trained_2d):
+    _, folder = trained_2d
+    with pytest.raises(CarekitError, match="already holds a trained model"):
+        carekit.train(np.zeros((64, 64)), np.zeros((64, 64)), "YX", folder, progress=False)
+
+
+def test_resume_without_checkpoint(tmp_path):
+    with pytest.raises(CarekitError, match="no checkpoint to resume"):
+        carekit.train(np.zeros((64, 64)), np.zeros((64, 64)), "YX", tmp_path, resume=True)
+
+
+def test_unknown_setting():
+    with pytest.raises(CarekitError, match="unknown setting"):
+        carekit.train(np.zeros((64, 64)), np.zeros((64, 64)), "YX", "unused", kernal_size=3)

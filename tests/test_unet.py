@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from carekit.nets.unet import UNet, count_parameters
+
+
+def test_reference_2d_network_has_the_reference_size():
+    assert count_parameters(UNet(2, 1, 1, kernel_size=5)) == 922_977
+
+
+def test_reference_3d_network_is_about_a_million_parameters():
+    assert 0.95e6 < count_parameters(UNet(3, 1, 1, kernel_size=3)) < 1.05e6
+
+
+def test_residual_only_when_channels_match():
+    assert UNet(2, 1, 1).residual and not UNet(2, 2, 1).residual
+
+
+@pytest.mark.parametrize(("ndim", "kernel", "depth"), [(2, 5, 2), (2, 3, 3), (3, 3, 2)])
+def test_halo_covers_the_receptive_field(ndim, kernel, depth):
+    torch.manual_seed(0)
+    net = UNet(ndim, 1, 1, depth=depth, n_first=8, kernel_size=kernel).double()
+    size = 2 * net.halo()[0] + 2 * net.divisor()[0] + 8
+    # the kernel is the same along every axis, so the first axis alone is measured in 3D (faster)
+    shape = (1, 1, size, size) if ndim == 2 else (1, 1, size, 16, 16)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    centre = tuple(s // 2 for s in shape[2:])
+    net(x)[(0, 0, *centre)].backward()
+    coords = (x.grad[0, 0].abs() > 0).nonzero()
+    reach = (coords[:, 0] - centre[0]).abs().max().item()
+    assert reach <= net.halo()[0], (reach, net.halo())
+    assert reach >= net.halo()[0] - 3 * net.divisor()[0]  # a tight bound, not a huge one
+
+
+def test_anisotropic_pooling_keeps_z():
+    net = UNet(3, 1, 1, n_first=4, kernel_size=3, pool=(1, 2, 2))
+    assert net.divisor() == (1, 4, 4)
+    assert net(torch.zeros(1, 1, 5, 8, 8)).shape == (1, 1, 5, 8, 8)
