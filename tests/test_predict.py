@@ -66,3 +66,18 @@ def test_model_predict_tiles_and_keeps_axes():
     assert out.shape == img.shape and out.dtype == np.float32
     out_tiled = model.predict(img, "XYT", precision="float32", n_tiles=(3, 2))
     np.testing.assert_allclose(out_tiled, out, rtol=1e-4, atol=1e-3)
+
+
+def test_test_time_augmentation_averages_the_dihedral_views():
+    torch.manual_seed(0)
+    model = CARE(Config(axes="YX", net=NetConfig(n_first=8, kernel_size=3)))
+    img = np.random.default_rng(3).gamma(2, 50, size=(40, 56)).astype(np.float32)
+    plain = model.predict(img, "YX", precision="float32")
+    averaged = model.predict(img, "YX", precision="float32", tta=True)
+    views = [np.rot90(model.predict(np.ascontiguousarray(np.rot90(img, k)), "YX", precision="float32"), -k)
+             for k in range(4)]  # fmt: skip
+    assert averaged.shape == img.shape and not np.allclose(averaged, plain)
+    # the mean over all 8 views equals the mean of the 4 rotations and the 4 flipped rotations
+    flipped = [np.fliplr(np.rot90(model.predict(np.ascontiguousarray(np.rot90(np.fliplr(img), k)), "YX",
+                                                precision="float32"), -k)) for k in range(4)]  # fmt: skip
+    np.testing.assert_allclose(averaged, np.mean(views + flipped, axis=0), rtol=1e-5, atol=1e-3)

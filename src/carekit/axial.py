@@ -189,8 +189,11 @@ class AxialCARE(CARE):
         device: str = "auto",
         precision: str | None = None,
         progress: bool = False,
+        tta: bool = False,
     ) -> np.ndarray:
         """Restore a volume; z grows from ``Z`` to ``floor((Z - 1) * factor) + 1`` slices."""
+        if tta:
+            raise CarekitError(f"test-time augmentation is available for denoise models, not {self.mode} ones")
         factor = float(factor or self.config.axial.factor)
         if factor < 1:
             raise CarekitError(f"factor must be at least 1, got {factor}")

@@ -16,10 +16,12 @@ TRAIN_EXAMPLES = """examples:
   carekit train --mode isotropic --input stack.tif --axes ZYX --factor 4 --psf-sigma 6,1.5 --model iso
   carekit train --mode isotropic --input stack.tif --axes ZCYX --factor 10.2 --psf psf.tif --model iso
   carekit train --mode upsampling --input fine_stack.tif --axes ZYX --factor 4 --model up
+  carekit train --mode projection --low stacks/ --high projections/ --axes ZYX --model wing
 """
 PREDICT_EXAMPLES = """examples:
   carekit predict --model models/nuclei --input new.tif --output restored.tif
   carekit predict --model models/nuclei --input folder/ --output restored/ --axes TYX
+  carekit predict --model wing --input stack.tif --output surface.tif --height-map height.tif
 """
 EVALUATE_EXAMPLES = """examples:
   carekit evaluate --prediction restored.tif --truth ground_truth.tif
@@ -71,9 +73,9 @@ def parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
 
     t = sub.add_parser("train", help="train a CARE network on image pairs", epilog=TRAIN_EXAMPLES, formatter_class=raw)
-    t.add_argument("--mode", default="denoise", choices=["denoise", "isotropic", "upsampling"])
-    t.add_argument("--low", nargs="+", metavar="PATH", help="denoise: low-SNR input file(s) or folder(s)")
-    t.add_argument("--high", metavar="PATH", help="denoise: high-SNR target file or folder (matched by name)")
+    t.add_argument("--mode", default="denoise", choices=["denoise", "isotropic", "upsampling", "projection"])
+    t.add_argument("--low", nargs="+", metavar="PATH", help="denoise/projection: low-SNR input file(s) or folder(s)")
+    t.add_argument("--high", metavar="PATH", help="denoise/projection: high-SNR target file or folder (by name)")
     t.add_argument("--input", metavar="STACK", help="isotropic/upsampling: the volume to learn from")
     t.add_argument("--axes", help="axes of every image, e.g. YX, ZYX, TCYX (default: from the file)")
     t.add_argument("--factor", type=float, help="isotropic/upsampling: z-step over lateral pixel size")
@@ -113,6 +115,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n-tiles", type=ints, help="tiles per spatial axis (default: from the memory budget)")
     p.add_argument("--memory", type=float, metavar="GB", help="activation memory per batch of tiles (default 1.5)")
     p.add_argument("--factor", type=float, help="isotropic/upsampling models: override the z factor")
+    p.add_argument("--height-map", metavar="PATH", help="projection models: also write the surface height map")
+    p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations (8x slower, often cleaner)")
     add_engine_options(p)
 
     e = sub.add_parser(
@@ -180,12 +184,13 @@ def run_train(a: argparse.Namespace) -> None:
         "progress": not a.quiet,
         **settings,
     }
-    if a.mode == "denoise":
+    if a.mode in ("denoise", "projection"):
+        from carekit.projection import train_projection
         from carekit.train import train
 
         if not a.low or not a.high or not a.axes:
-            raise CarekitError("denoise training needs --low, --high and --axes")
-        model = train(a.low, a.high, a.axes, a.model, **common)
+            raise CarekitError(f"{a.mode} training needs --low, --high and --axes")
+        model = (train if a.mode == "denoise" else train_projection)(a.low, a.high, a.axes, a.model, **common)
     else:
         from carekit.axial import train_isotropic, train_upsampling
 
@@ -223,21 +228,34 @@ def run_predict(a: argparse.Namespace) -> None:
     if folder and out.suffix.lower() in (".tif", ".tiff"):
         raise CarekitError(f"{a.input} is a folder, so --output must be a folder, not {out.name}")
     targets = [out / f.name for f in inputs] if folder else [out]
-    for target in targets:
+    heights: list = [None] * len(inputs)
+    if a.height_map:
+        if model.config.mode != "projection":
+            raise CarekitError(f"--height-map applies to projection models; {a.model} is a {model.config.mode} model")
+        heights = [Path(a.height_map) / f.name for f in inputs] if folder else [Path(a.height_map)]
+    for target in targets + [h for h in heights if h is not None]:
         prepare_output(target, role="--output")
     memory = int(a.memory * 2**30) if a.memory else None
     options = {"n_tiles": a.n_tiles, "memory": memory, "device": a.device, "precision": a.precision}
+    if a.tta:
+        options["tta"] = True
     if a.factor is not None:
         if model.config.axial is None:
             raise CarekitError(
                 f"--factor applies to isotropic and upsampling models; {a.model} is a {model.config.mode} model"
             )
         options["factor"] = a.factor
-    for src, dst in zip(inputs, targets, strict=True):
+    for src, dst, height_path in zip(inputs, targets, heights, strict=True):
         image, axes = read_with_axes(src, a.axes, fallback=model.config.axes)
+        if height_path is not None:
+            options["return_height"] = True
         restored = model.predict(image, axes, progress=not a.quiet, **options)
         spacing = model.output_spacing(read_spacing(src), a.factor)
-        write_tiff(dst, restored.astype("float32", copy=False), model.output_axes(axes), spacing=spacing)
+        out_axes = model.output_axes(axes)
+        if height_path is not None:
+            restored, height = restored
+            write_tiff(height_path, height.astype("float32"), out_axes.replace("C", ""), spacing=spacing)
+        write_tiff(dst, restored.astype("float32", copy=False), out_axes, spacing=spacing)
         print(f"{src} -> {dst}")
 
 

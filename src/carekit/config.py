@@ -15,7 +15,7 @@ from carekit.engine import PRECISIONS
 from carekit.errors import CarekitError
 
 FORMAT_VERSION = 1
-MODES = ("denoise", "isotropic", "upsampling")
+MODES = ("denoise", "isotropic", "upsampling", "projection")
 COMBINES = ("geometric", "arithmetic")
 LOSSES = ("mae", "mse")
 SCHEDULES = ("plateau", "cosine")
@@ -138,6 +138,20 @@ class AxialConfig:
 
 
 @dataclass
+class ProjectionConfig:
+    """The 3D projection part of a projection model (pooling in y and x only)."""
+
+    depth: int = 2
+    n_first: int = 8
+    kernel_size: int = 3
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.depth <= 4, f"projection depth must be 1..4, got {self.depth}")
+        _require(self.n_first >= 1, f"projection features must be at least 1, got {self.n_first}")
+        _require(self.kernel_size >= 1 and self.kernel_size % 2 == 1, "projection kernel size must be odd")
+
+
+@dataclass
 class Config:
     """Everything that defines a model: what it restores, its network and its training."""
 
@@ -150,8 +164,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     intensity_map: dict[str, list[float]] | None = None
     axial: AxialConfig | None = None
+    projection: ProjectionConfig | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.projection, dict):
+            self.projection = ProjectionConfig(**self.projection)
         if isinstance(self.axial, dict):
             self.axial = AxialConfig(**self.axial)
         if isinstance(self.net, dict):
@@ -169,6 +186,9 @@ class Config:
         if self.mode in ("isotropic", "upsampling"):
             _require(self.axial is not None, f"{self.mode} models need axial settings (factor, PSF)")
             _require("Z" in self.axes, f"{self.mode} models need a Z axis; got axes '{self.axes}'")
+        if self.mode == "projection":
+            _require(self.projection is not None, "projection models need projection settings")
+            _require("Z" in self.axes and self.spatial == "YX", "projection models take Z stacks to YX images")
         self.net = self.net.resolved(self.ndim)
         self.train = self.train.resolved(self.ndim)
 

@@ -8,6 +8,7 @@ ever unpickled.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import ClassVar
 
@@ -31,19 +32,23 @@ HISTORY = "history.csv"
 CURVE = "training.png"
 
 
-def build_net(config: Config) -> UNet:
+def build_net(config: Config) -> torch.nn.Module:
     n = config.net
-    return UNet(
-        config.ndim,
-        config.n_channel_in,
-        config.n_channel_out,
-        depth=n.depth,
-        n_first=n.n_first,
-        kernel_size=n.kernel_size,
-        n_conv=n.n_conv,
-        residual=n.residual,
-        batch_norm=n.batch_norm,
-    )
+    unet = {
+        "depth": n.depth,
+        "n_first": n.n_first,
+        "kernel_size": n.kernel_size,
+        "n_conv": n.n_conv,
+        "residual": n.residual,
+        "batch_norm": n.batch_norm,
+    }
+    if config.mode == "projection":
+        from carekit.nets.projection import ProjectionNet
+
+        p = config.projection
+        return ProjectionNet(config.n_channel_in, config.n_channel_out, proj_depth=p.depth,
+                             proj_features=p.n_first, proj_kernel=p.kernel_size, **unet)  # fmt: skip
+    return UNet(config.ndim, config.n_channel_in, config.n_channel_out, **unet)
 
 
 def state_dict_cpu(net: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -123,6 +128,7 @@ class CARE:
         device: str = "auto",
         precision: str | None = None,
         progress: bool = False,
+        tta: bool = False,
     ) -> np.ndarray:
         """Restore ``image`` and return float32 intensities in the same axes order.
 
@@ -137,6 +143,8 @@ class CARE:
             Activation memory budget in bytes per batch of tiles.
         device, precision : str
             ``"auto"`` picks CUDA if present and the fastest safe precision.
+        tta : bool
+            Test-time augmentation: average the 8 flips/rotations of the lateral plane (8x slower).
         """
         image = np.asarray(image)
         axes = axes or self.config.axes
@@ -148,7 +156,7 @@ class CARE:
             )
         check_finite(x, "image")
         restored = self.restore(
-            x, n_tiles=n_tiles, memory=memory, device=device, precision=precision, progress=progress
+            x, n_tiles=n_tiles, memory=memory, device=device, precision=precision, progress=progress, tta=tta
         )
         out, _ = from_net(restored, layout)
         return out
@@ -162,21 +170,40 @@ class CARE:
         device: str = "auto",
         precision: str | None = None,
         progress: bool = False,
+        tta: bool = False,
     ) -> np.ndarray:
-        """Network order in and out: ``(N, C, *S)`` intensities -> ``(N, C_out, *S)`` restored intensities."""
+        """Network order in and out: ``(N, C, *S)`` intensities -> ``(N, C_out, *S)`` restored intensities.
+
+        With ``tta`` the result is the mean over the 8 flips and 90° rotations of the lateral plane.
+        """
         lo, hi = percentiles(x, PREDICT_PERCENTILES)
         engine = self.engine(device, precision)
-        y = predict_tiled(
-            self.net,
-            normalize(x, lo, hi),
-            engine,
-            grid=self.net.divisor(),
-            halo=self.net.halo(),
-            bytes_per_voxel=self.net.bytes_per_voxel(),
-            n_tiles=n_tiles,
-            memory=memory,
-            progress=progress,
-        )
+        normalized = normalize(x, lo, hi)
+
+        def run(image: np.ndarray, tiles: tuple[int, ...] | None) -> np.ndarray:
+            return predict_tiled(
+                self.net,
+                image,
+                engine,
+                grid=self.net.divisor(),
+                halo=self.net.halo(),
+                bytes_per_voxel=self.net.bytes_per_voxel(),
+                n_tiles=tiles,
+                memory=memory,
+                progress=progress,
+            )
+
+        if not tta:
+            y = run(normalized, n_tiles)
+        else:
+            y = None
+            for k, flip in itertools.product(range(4), (False, True)):
+                tiles = n_tiles if n_tiles is None or k % 2 == 0 else (*n_tiles[:-2], n_tiles[-1], n_tiles[-2])
+                view = np.rot90(np.flip(normalized, -1) if flip else normalized, k, axes=(-2, -1))
+                out = np.rot90(run(np.ascontiguousarray(view), tiles), -k, axes=(-2, -1))
+                out = np.flip(out, -1) if flip else out
+                y = out.copy() if y is None else y + out
+            y /= 8
         t_lo, t_hi = self.intensity_map.apply(lo, hi)
         return denormalize(y, t_lo, t_hi)
 
@@ -206,7 +233,8 @@ CARE.by_mode[CARE.mode] = CARE
 
 def model_class(mode: str) -> type[CARE]:
     """The class that predicts for ``mode`` (each mode's module registers its own)."""
-    import carekit.axial  # noqa: F401  (registers the isotropic and upsampling models)
+    import carekit.axial
+    import carekit.projection  # noqa: F401
 
     return CARE.by_mode[mode]
 

@@ -49,12 +49,12 @@ def spans(size: int, n_tiles: int, halo: int, grid: int) -> list[Span]:
 
 
 def pad_to_grid(x: np.ndarray, grid: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Pad the spatial axes of ``(N, C, *S)`` at their ends to multiples of ``grid`` (mirroring)."""
-    shape = x.shape[2:]
+    """Pad the last ``len(grid)`` axes at their ends to multiples of ``grid`` (mirroring)."""
+    shape = x.shape[x.ndim - len(grid) :]
     target = tuple(math.ceil(s / g) * g for s, g in zip(shape, grid, strict=True))
     if target == shape:
         return x, shape
-    pad = [(0, 0), (0, 0)] + [(0, t - s) for s, t in zip(shape, target, strict=True)]
+    pad = [(0, 0)] * (x.ndim - len(grid)) + [(0, t - s) for s, t in zip(shape, target, strict=True)]
     mode = "reflect" if min(shape) > 1 else "edge"
     return np.pad(x, pad, mode=mode), shape
 
@@ -92,13 +92,16 @@ def predict_tiled(
     memory: int | None = None,
     progress: bool = False,
 ) -> np.ndarray:
-    """Run ``forward`` over ``x`` (``(N, C, *S)`` float32) in tiles; returns ``(N, C_out, *S)`` float32.
+    """Run ``forward`` over ``x`` (``(N, C, *S)`` float32) in tiles; returns ``(N, C_out, *T)`` float32.
 
-    ``n_tiles`` fixes the number of tiles per spatial axis; otherwise it is chosen so
-    that a window's activations fit ``memory`` bytes.
+    The tiled axes ``T`` are the last ``len(grid)`` axes of ``S``; axes before them (the z of
+    a projection) enter each window whole, and the result has only the tiled axes.
+    ``n_tiles`` fixes the number of tiles per tiled axis; otherwise it is chosen so that
+    a window's activations (``bytes_per_voxel`` per tiled pixel) fit ``memory`` bytes.
     """
     padded, shape = pad_to_grid(np.asarray(x, np.float32), grid)
-    size = padded.shape[2:]
+    size = padded.shape[padded.ndim - len(grid) :]
+    whole = (slice(None),) * (padded.ndim - 2 - len(grid))
     budget = memory or DEFAULT_MEMORY
     if n_tiles is None:
         n_tiles = auto_tiles(size, halo, grid, max(1, budget // bytes_per_voxel))
@@ -115,7 +118,10 @@ def predict_tiled(
         for b in bar:
             chunk = jobs[b : b + per_batch]
             windows = np.stack(
-                [padded[(i, slice(None), *(slice(s.start, s.start + s.length) for s in combo))] for i, combo in chunk]
+                [
+                    padded[(i, slice(None), *whole, *(slice(s.start, s.start + s.length) for s in combo))]
+                    for i, combo in chunk
+                ]
             )
             with engine.autocast():
                 result = forward(engine.tensor(windows))

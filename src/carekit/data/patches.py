@@ -1,5 +1,8 @@
 """On-the-fly patch sampling from whole image pairs.
 
+Patch sizes refer to the target's spatial axes; an input may have extra leading
+spatial axes (the z of a stack to project), which every patch takes whole.
+
 Each pair is split once into a training region and a held-out validation slab (the
 far end of its longest lateral axis), so validation never sees training pixels.
 Patch positions are drawn where the target holds structure (background rejection:
@@ -76,16 +79,16 @@ class PatchSampler:
         self.patch = tuple(int(p) for p in patch_size)
         self.augment = augment
         self.rotate = rotate
-        ndim = pairs[0].low.ndim - 1
+        ndim = pairs[0].high.ndim - 1
         if len(self.patch) != ndim:
             raise CarekitError(
                 f"patch size {self.patch} has {len(self.patch)} entries but the images have {ndim} spatial axes"
             )
         for p in pairs:
-            small = [s < q for s, q in zip(p.low.shape[1:], self.patch, strict=True)]
+            small = [s < q for s, q in zip(p.high.shape[1:], self.patch, strict=True)]
             if any(small):
                 raise CarekitError(
-                    f"{p.name}: image of spatial shape {p.low.shape[1:]} is smaller than the patch size "
+                    f"{p.name}: image of spatial shape {p.high.shape[1:]} is smaller than the patch size "
                     f"{self.patch}; pass a smaller --patch-size"
                 )
         q = np.concatenate([LOW_GRID, HIGH_GRID, PREDICT_PERCENTILES])
@@ -101,12 +104,12 @@ class PatchSampler:
 
     # -- setting up -------------------------------------------------------------
     def _split(self, val_fraction: float) -> tuple[list, list]:
-        full = [(i, tuple(slice(0, s) for s in p.low.shape[1:])) for i, p in enumerate(self.pairs)]
+        full = [(i, tuple(slice(0, s) for s in p.high.shape[1:])) for i, p in enumerate(self.pairs)]
         if val_fraction <= 0:
             return full, []
         train, val = [], []
         for i, p in enumerate(self.pairs):
-            shape = p.low.shape[1:]
+            shape = p.high.shape[1:]
             axis = len(shape) - 1 if shape[-1] >= shape[-2] else len(shape) - 2
             size, patch = shape[axis], self.patch[axis]
             held = max(math.ceil(val_fraction * size), patch)
@@ -121,7 +124,7 @@ class PatchSampler:
             if len(self.pairs) < 2:
                 p = self.pairs[0]
                 raise CarekitError(
-                    f"{p.name}: image of spatial shape {p.low.shape[1:]} is too small to hold out a validation "
+                    f"{p.name}: image of spatial shape {p.high.shape[1:]} is too small to hold out a validation "
                     f"region of patch size {self.patch}; pass a smaller --patch-size, more images, "
                     "or --validation-fraction 0"
                 )
@@ -167,7 +170,8 @@ class PatchSampler:
             *(slice(b.start + c, b.start + c + p) for b, c, p in zip(region.box, corner, self.patch, strict=True)),
         )
         pair = self.pairs[region.pair]
-        return pair.low[sl], pair.high[sl]
+        whole = (slice(None),) * (pair.low.ndim - pair.high.ndim)  # the z of a projection's input
+        return pair.low[(sl[0], *whole, *sl[1:])], pair.high[sl]
 
     def _normalised(self, i: int, x: np.ndarray, y: np.ndarray, lo_q: float, hi_q: float) -> tuple:
         def scaled(img: np.ndarray, table: np.ndarray) -> np.ndarray:

@@ -1,0 +1,83 @@
+"""The composite projection network: a 3D stack in, a denoised 2D surface image out.
+
+A small 3D U-Net that pools only in y and x scores every voxel; a softmax over z turns
+the scores into weights, and the weighted sum over z projects the stack onto one
+surface. A 2D CARE U-Net then restores that image. Both parts train together with the
+loss on the 2D output only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from carekit.nets.unet import UNet
+
+
+class ProjectionNet(nn.Module):
+    """``(N, C, Z, Y, X)`` -> ``(N, C_out, Y, X)``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    proj_depth, proj_features, proj_kernel : int
+        The 3D projection U-Net (pooling in y and x only).
+    **unet
+        Settings of the 2D restoration U-Net (see :class:`~carekit.nets.unet.UNet`).
+    """
+
+    ndim = 2  # the result is 2D; layouts and tiling follow the 2D part
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        proj_depth: int = 2,
+        proj_features: int = 8,
+        proj_kernel: int = 3,
+        **unet,
+    ) -> None:
+        super().__init__()
+        self.project = UNet(
+            3,
+            in_channels,
+            1,
+            depth=proj_depth,
+            n_first=proj_features,
+            kernel_size=proj_kernel,
+            residual=False,
+            pool=(1, 2, 2),
+        )
+        self.restore = UNet(2, in_channels, out_channels, **unet)
+        self.residual = self.restore.residual
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-voxel projection weights ``(N, 1, Z, Y, X)``, summing to 1 over z."""
+        return torch.softmax(self.project(x).float(), dim=2)
+
+    def forward(self, x: torch.Tensor, *, with_height: bool = False) -> torch.Tensor:
+        w = self.weights(x)
+        image = (w * x.float()).sum(dim=2)
+        out = self.restore(image.to(x.dtype))
+        if not with_height:
+            return out
+        z = torch.arange(x.shape[2], device=x.device, dtype=w.dtype).view(1, 1, -1, 1, 1)
+        height = (w * z).sum(dim=2)  # expected z of the surface
+        return torch.cat([out.float(), height], dim=1)
+
+    def divisor(self) -> tuple[int, int]:
+        a, b = self.project.divisor()[1:], self.restore.divisor()
+        return tuple(max(p, q) for p, q in zip(a, b, strict=True))
+
+    def halo(self) -> tuple[int, int]:
+        grid = self.divisor()
+        total = [p + q for p, q in zip(self.project.halo()[1:], self.restore.halo(), strict=True)]
+        return tuple(-(-h // g) * g for h, g in zip(total, grid, strict=True))
+
+    def bytes_per_voxel(self) -> int:
+        """Per output pixel; the 3D part counts once per z-slice (see ``depth``)."""
+        return self.restore.bytes_per_voxel()
+
+    def bytes_per_pixel(self, depth: int) -> int:
+        return self.restore.bytes_per_voxel() + depth * self.project.bytes_per_voxel()
