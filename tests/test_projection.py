@@ -4,7 +4,6 @@ import tifffile
 import torch
 from conftest import TINY
 
-
 from carekit.cli import main
 from carekit.data.camera import poisson_gaussian, to_photons
 from carekit.data.surfaces import surface_projection, surface_stack
