@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", help="ZYX ground-truth volume (default: the shipped sample)")
     ap.add_argument("--factor", type=int, default=4)
-    ap.add_argument("--sigma", type=float, default=2.0, help="axial blur added, in slices")
+    ap.add_argument("--sigma", type=float, default=3.0, help="axial blur added, in slices")
     ap.add_argument("--train-seconds", type=float, default=600.0)
     ap.add_argument("--kernel-size", type=int, default=None)
     a = ap.parse_args(argv)

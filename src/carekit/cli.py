@@ -17,6 +17,10 @@ TRAIN_EXAMPLES = """examples:
   carekit train --mode isotropic --input stack.tif --axes ZCYX --factor 10.2 --psf psf.tif --model iso
   carekit train --mode upsampling --input fine_stack.tif --axes ZYX --factor 4 --model up
   carekit train --mode projection --low stacks/ --high projections/ --axes ZYX --model wing
+  carekit train --mode synthetic --recipe tubules.json --model tubules --time-budget 1800
+"""
+SYNTH_EXAMPLES = """examples:
+  carekit synth --recipe tubules.json --n 8 --out synthetic-pairs
 """
 PREDICT_EXAMPLES = """examples:
   carekit predict --model models/nuclei --input new.tif --output restored.tif
@@ -73,7 +77,10 @@ def parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
 
     t = sub.add_parser("train", help="train a CARE network on image pairs", epilog=TRAIN_EXAMPLES, formatter_class=raw)
-    t.add_argument("--mode", default="denoise", choices=["denoise", "isotropic", "upsampling", "projection"])
+    t.add_argument(
+        "--mode", default="denoise", choices=["denoise", "isotropic", "upsampling", "projection", "synthetic"]
+    )
+    t.add_argument("--recipe", metavar="RECIPE.json", help="synthetic: structures, microscope and number of pairs")
     t.add_argument("--low", nargs="+", metavar="PATH", help="denoise/projection: low-SNR input file(s) or folder(s)")
     t.add_argument("--high", metavar="PATH", help="denoise/projection: high-SNR target file or folder (by name)")
     t.add_argument("--input", metavar="STACK", help="isotropic/upsampling: the volume to learn from")
@@ -124,6 +131,13 @@ def parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--prediction", required=True, metavar="PATH")
     e.add_argument("--truth", required=True, metavar="PATH")
+
+    y = sub.add_parser("synth", help="write synthetic training pairs for inspection", epilog=SYNTH_EXAMPLES,
+                       formatter_class=raw)  # fmt: skip
+    y.add_argument("--recipe", required=True, metavar="RECIPE.json")
+    y.add_argument("--n", type=int, default=4, help="number of pairs (default 4)")
+    y.add_argument("--out", required=True, metavar="DIR", help="writes DIR/low/*.tif and DIR/high/*.tif")
+    y.add_argument("--seed", type=int, help="default: the recipe's seed")
 
     i = sub.add_parser("info", help="describe a model folder")
     i.add_argument("--model", required=True, metavar="DIR")
@@ -184,7 +198,13 @@ def run_train(a: argparse.Namespace) -> None:
         "progress": not a.quiet,
         **settings,
     }
-    if a.mode in ("denoise", "projection"):
+    if a.mode == "synthetic":
+        from carekit.synthetic import train_synthetic
+
+        if not a.recipe:
+            raise CarekitError("synthetic training needs --recipe RECIPE.json")
+        model = train_synthetic(a.recipe, a.model, **common)
+    elif a.mode in ("denoise", "projection"):
         from carekit.projection import train_projection
         from carekit.train import train
 
@@ -273,6 +293,13 @@ def run_evaluate(a: argparse.Namespace) -> None:
     print(json.dumps(evaluate(prediction, truth)))
 
 
+def run_synth(a: argparse.Namespace) -> None:
+    from carekit.synthetic import synth
+
+    written = synth(a.recipe, a.n, a.out, seed=a.seed)
+    print(f"wrote {len(written)} pairs to {a.out}/low and {a.out}/high")
+
+
 def run_info(a: argparse.Namespace) -> None:
     from carekit.model import load
 
@@ -285,7 +312,14 @@ def run_demo(a: argparse.Namespace) -> None:
     run(a.output, mode=a.mode, time_budget=a.time_budget, device=a.device, precision=a.precision, progress=not a.quiet)
 
 
-COMMANDS = {"train": run_train, "predict": run_predict, "evaluate": run_evaluate, "info": run_info, "demo": run_demo}
+COMMANDS = {
+    "train": run_train,
+    "predict": run_predict,
+    "evaluate": run_evaluate,
+    "synth": run_synth,
+    "info": run_info,
+    "demo": run_demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

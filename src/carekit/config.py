@@ -15,7 +15,7 @@ from carekit.engine import PRECISIONS
 from carekit.errors import CarekitError
 
 FORMAT_VERSION = 1
-MODES = ("denoise", "isotropic", "upsampling", "projection")
+MODES = ("denoise", "isotropic", "upsampling", "projection", "synthetic")
 COMBINES = ("geometric", "arithmetic")
 LOSSES = ("mae", "mse")
 SCHEDULES = ("plateau", "cosine")
@@ -165,6 +165,7 @@ class Config:
     intensity_map: dict[str, list[float]] | None = None
     axial: AxialConfig | None = None
     projection: ProjectionConfig | None = None
+    synthetic: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.projection, dict):

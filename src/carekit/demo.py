@@ -142,7 +142,7 @@ def run_denoise(
 
 
 ISO_FACTOR = 4
-ISO_SIGMA = 2.0  # axial blur added, in slices of the sample (close to its lateral pixel size)
+ISO_SIGMA = 3.0  # axial blur added, in slices of the sample (close to its lateral pixel size)
 
 
 def make_anisotropic(volume: np.ndarray, factor: int = ISO_FACTOR, sigma: float = ISO_SIGMA) -> np.ndarray:

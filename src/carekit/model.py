@@ -234,7 +234,8 @@ CARE.by_mode[CARE.mode] = CARE
 def model_class(mode: str) -> type[CARE]:
     """The class that predicts for ``mode`` (each mode's module registers its own)."""
     import carekit.axial
-    import carekit.projection  # noqa: F401
+    import carekit.projection
+    import carekit.synthetic  # noqa: F401
 
     return CARE.by_mode[mode]
 
