@@ -11,7 +11,7 @@ from carekit.data.synthetic import gaussian_psf, granules, line_pair, tubules, w
 from carekit.errors import CarekitError
 from carekit.metrics import evaluate
 from carekit.resolution import decorrelation_resolution, dip, fwhm, line_profile
-from carekit.synthetic import load_recipe, parse_recipe, synth, train_synthetic
+from carekit.synthetic import load_recipe, parse_recipe, train_synthetic
 
 RECIPE = {
     "shape": [64, 64],
