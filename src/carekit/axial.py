@@ -25,8 +25,7 @@ from carekit.data.isotropic import anisotropic_kernel, anisotropic_sigma, isotro
 from carekit.errors import CarekitError
 from carekit.io import check_finite, read_image, read_with_axes
 from carekit.model import CARE
-from carekit.normalize import PREDICT_PERCENTILES, normalize, percentiles
-from carekit.predict import predict_tiled
+from carekit.normalize import PREDICT_PERCENTILES, normalize, percentiles, scale_of
 from carekit.train import fit, make_config, resumable
 
 SLAB_BYTES = 256 * 2**20  # upsampled input held per slab
@@ -178,7 +177,7 @@ class AxialCARE(CARE):
             return spacing
         return {**spacing, "Z": spacing["Z"] / (factor or self.config.axial.factor)}
 
-    def predict(
+    def predict_with_scale(
         self,
         image: np.ndarray,
         axes: str | None = None,
@@ -190,78 +189,86 @@ class AxialCARE(CARE):
         precision: str | None = None,
         progress: bool = False,
         tta: bool = False,
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Restore a volume; z grows from ``Z`` to ``floor((Z - 1) * factor) + 1`` slices."""
         if tta:
             raise CarekitError(f"test-time augmentation is available for denoise models, not {self.mode} ones")
         factor = float(factor or self.config.axial.factor)
         if factor < 1:
             raise CarekitError(f"factor must be at least 1, got {factor}")
-        x, layout = to_net(np.asarray(image), axes or self.config.axes, "ZYX", what="image")
-        if x.shape[1] != self.config.n_channel_in:
-            raise CarekitError(f"image has {x.shape[1]} channel(s) but the model expects {self.config.n_channel_in}")
+        x, layout = self.network_input(image, axes, "ZYX")
         if x.shape[2] < 2:
             raise CarekitError(f"image has {x.shape[2]} z-slice(s); restoring along z needs at least 2")
-        check_finite(x, "image")
         options = {"n_tiles": n_tiles, "memory": memory, "engine": self.engine(device, precision)}
-        restored = [self.restore_volume(v, factor, progress=progress, **options) for v in x]
-        out = restored[0][None] if len(restored) == 1 else np.stack(restored)
-        return from_net(out, layout)[0]
+        results = [self.restore_volume(v, factor, progress=progress, **options) for v in x]
+        parts = []
+        for i in range(2):
+            if results[0][i] is None:
+                parts.append(None)
+                continue
+            out = results[0][i][None] if len(results) == 1 else np.stack([r[i] for r in results])
+            parts.append(from_net(out, layout)[0])
+        return parts[0], parts[1]
 
-    def restore_volume(self, volume: np.ndarray, factor: float, **options) -> np.ndarray:
+    def restore_volume(self, volume: np.ndarray, factor: float, **options) -> tuple[np.ndarray, np.ndarray | None]:
         raise NotImplementedError
 
-    def run_net(self, planes: np.ndarray, *, engine, n_tiles, memory) -> np.ndarray:
-        return predict_tiled(
-            self.net,
-            planes,
-            engine,
-            grid=self.net.divisor(),
-            halo=self.net.halo(),
-            bytes_per_voxel=self.net.bytes_per_voxel(),
-            n_tiles=n_tiles,
-            memory=memory,
-        )
+    def volume_intensities(self, y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple:
+        """Mean (and scale) of one volume's network output ``(C or 2C, Z', Y, X)``, in place where possible."""
+        c = self.config.n_channel_out
+        t_lo, t_hi = self.intensity_map.apply(lo[None], hi[None])
+        span = scale_of(t_lo[0], t_hi[0])
+        mean = y[:c]
+        mean *= span
+        mean += t_lo[0].astype(np.float32)
+        if not self.config.net.probabilistic:
+            return mean, None
+        scale = y[c : 2 * c]
+        scale *= span
+        return mean, scale
+
+    def planes(self, planes: np.ndarray, *, engine, n_tiles, memory) -> np.ndarray:
+        return self.run_net(planes, engine, n_tiles, memory)
 
 
 class IsotropicCARE(AxialCARE):
     mode = "isotropic"
 
-    def restore_volume(self, volume: np.ndarray, factor: float, *, progress: bool = False, **options) -> np.ndarray:
+    def restore_volume(self, volume: np.ndarray, factor: float, *, progress: bool = False, **options) -> tuple:
         """``(C, Z, Y, X)`` raw -> ``(C, Z', Y, X)`` restored, in slabs of XZ then YZ planes."""
         c, z, ny, nx = volume.shape
         lo, hi = percentiles(volume[None], PREDICT_PERCENTILES)
         lo, hi = lo[0], hi[0]  # (C, 1, 1, 1)
         positions = upsampled_positions(z, factor)
-        out = np.empty((self.config.n_channel_out, len(positions), ny, nx), np.float32)
+        c_out = self.config.n_channel_out
+        out = np.empty((c_out * (2 if self.config.net.probabilistic else 1), len(positions), ny, nx), np.float32)
         per_slab = max(1, SLAB_BYTES // (4 * c * len(positions) * max(ny, nx)))
         slabs_y = range(0, ny, per_slab)
         slabs_x = range(0, nx, per_slab)
         bar = tqdm(total=len(slabs_y) + len(slabs_x), desc="isotropic", unit="slab", disable=not progress, leave=False)
         for y0 in slabs_y:  # XZ planes, z laid along the network's degraded axis (last)
             slab = resample_axis(normalize(volume[:, :, y0 : y0 + per_slab], lo, hi), 1, positions)  # C Z' b X
-            restored = self.run_net(slab.transpose(2, 0, 3, 1), **options)  # b C X Z'
-            out[:, :, y0 : y0 + per_slab] = restored.transpose(1, 3, 0, 2)
+            out[:, :, y0 : y0 + per_slab] = self.planes(slab.transpose(2, 0, 3, 1), **options).transpose(1, 3, 0, 2)
             bar.update()
         for x0 in slabs_x:  # YZ planes
             slab = resample_axis(normalize(volume[..., x0 : x0 + per_slab], lo, hi), 1, positions)  # C Z' Y b
-            restored = self.run_net(slab.transpose(3, 0, 2, 1), **options).transpose(1, 3, 2, 0)  # C Z' Y b
-            out[..., x0 : x0 + per_slab] = combine(out[..., x0 : x0 + per_slab], restored, self.config.axial.combine)
+            restored = self.planes(slab.transpose(3, 0, 2, 1), **options).transpose(1, 3, 2, 0)  # C Z' Y b
+            block = out[..., x0 : x0 + per_slab]
+            block[:c_out] = combine(block[:c_out], restored[:c_out], self.config.axial.combine)
+            if self.config.net.probabilistic:  # the less certain of the two views
+                block[c_out:] = np.maximum(block[c_out:], restored[c_out:])
             bar.update()
         bar.close()
-        t_lo, t_hi = self.intensity_map.apply(lo[None], hi[None])
-        return denormalize_inplace(out, t_lo[0], t_hi[0])
+        return self.volume_intensities(out, lo, hi)
 
 
 class UpsamplingCARE(AxialCARE):
     mode = "upsampling"
 
-    def restore_volume(self, volume: np.ndarray, factor: float, *, progress: bool = False, **options) -> np.ndarray:
+    def restore_volume(self, volume: np.ndarray, factor: float, *, progress: bool = False, **options) -> tuple:
         lo, hi = percentiles(volume[None], PREDICT_PERCENTILES)
         fine = resample_axis(normalize(volume, lo[0], hi[0]), 1, upsampled_positions(volume.shape[1], factor))
-        restored = self.run_net(fine[None], **options)[0]
-        t_lo, t_hi = self.intensity_map.apply(lo, hi)
-        return denormalize_inplace(restored, t_lo[0], t_hi[0])
+        return self.volume_intensities(self.planes(fine[None], **options)[0], lo[0], hi[0])
 
 
 def combine(a: np.ndarray, b: np.ndarray, how: str) -> np.ndarray:
@@ -269,11 +276,3 @@ def combine(a: np.ndarray, b: np.ndarray, how: str) -> np.ndarray:
     if how == "geometric":
         return np.sqrt(np.clip(a, 0, None) * np.clip(b, 0, None))
     return 0.5 * (a + b)
-
-
-def denormalize_inplace(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """:func:`~carekit.normalize.denormalize` without a second full-size array."""
-    span = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
-    y *= span
-    y += lo.astype(np.float32)
-    return y

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from carekit.errors import CarekitError
 
 TRAIN_EXAMPLES = """examples:
@@ -26,6 +28,10 @@ PREDICT_EXAMPLES = """examples:
   carekit predict --model models/nuclei --input new.tif --output restored.tif
   carekit predict --model models/nuclei --input folder/ --output restored/ --axes TYX
   carekit predict --model wing --input stack.tif --output surface.tif --height-map height.tif
+  carekit predict --model prob --input a.tif --output a_care.tif --uncertainty maps/ --movie a_samples.gif
+"""
+CALIBRATE_EXAMPLES = """examples:
+  carekit calibrate --model models/prob --low calib/low --high calib/high --axes YX
 """
 EVALUATE_EXAMPLES = """examples:
   carekit evaluate --prediction restored.tif --truth ground_truth.tif
@@ -108,6 +114,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--validation-fraction", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop cleanly after this long")
+    t.add_argument("--probabilistic", action="store_true", help="predict a Laplace distribution per pixel")
+    t.add_argument("--ensemble", type=int, metavar="K", help="train K members with different seeds (an ensemble)")
     t.add_argument("--resume", action="store_true", help="continue from the model folder's last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a model already in the folder")
     add_engine_options(t)
@@ -123,6 +131,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", type=float, metavar="GB", help="activation memory per batch of tiles (default 1.5)")
     p.add_argument("--factor", type=float, help="isotropic/upsampling models: override the z factor")
     p.add_argument("--height-map", metavar="PATH", help="projection models: also write the surface height map")
+    p.add_argument("--uncertainty", metavar="DIR", help="probabilistic models: spread, interval, entropy maps")
+    p.add_argument("--level", type=float, default=0.9, help="central interval level for --uncertainty (0.9)")
+    p.add_argument("--movie", metavar="OUT.gif", help="probabilistic models: a movie of samples (.gif or .mp4)")
+    p.add_argument("--samples", type=int, default=16, help="frames of --movie (16)")
     p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations (8x slower, often cleaner)")
     add_engine_options(p)
 
@@ -138,6 +150,14 @@ def parser() -> argparse.ArgumentParser:
     y.add_argument("--n", type=int, default=4, help="number of pairs (default 4)")
     y.add_argument("--out", required=True, metavar="DIR", help="writes DIR/low/*.tif and DIR/high/*.tif")
     y.add_argument("--seed", type=int, help="default: the recipe's seed")
+
+    c = sub.add_parser("calibrate", help="fit a probabilistic model's uncertainty on held-out pairs",
+                       epilog=CALIBRATE_EXAMPLES, formatter_class=raw)  # fmt: skip
+    c.add_argument("--model", required=True, metavar="DIR", help="probabilistic model or ensemble folder")
+    c.add_argument("--low", nargs="+", required=True, metavar="PATH", help="held-out inputs (files or folders)")
+    c.add_argument("--high", required=True, metavar="PATH", help="their ground truth (matched by name)")
+    c.add_argument("--axes", help="axes of the images (default: the model's)")
+    add_engine_options(c)
 
     i = sub.add_parser("info", help="describe a model folder")
     i.add_argument("--model", required=True, metavar="DIR")
@@ -190,51 +210,50 @@ def psf_sigma(a: argparse.Namespace) -> tuple[float, float] | None:
 
 def run_train(a: argparse.Namespace) -> None:
     settings = {k: getattr(a, k) for k in TRAIN_SETTINGS if getattr(a, k) is not None}
-    common = {
-        "time_budget": a.time_budget,
-        "resume": a.resume,
-        "overwrite": a.overwrite,
-        "device": a.device,
-        "progress": not a.quiet,
-        **settings,
-    }
+    if a.probabilistic:
+        settings["probabilistic"] = True
+    common = {"device": a.device, "progress": not a.quiet, **settings}
+    train_one = trainer_for(a, common)
+    if a.ensemble:
+        from carekit.ensemble import train_ensemble
+
+        model = train_ensemble(train_one, a.ensemble, a.model, time_budget=a.time_budget, resume=a.resume,
+                               overwrite=a.overwrite, seed=settings.pop("seed", 0))  # fmt: skip
+    else:
+        model = train_one(model_dir=a.model, time_budget=a.time_budget, resume=a.resume, overwrite=a.overwrite)
+    print(model.summary())
+    print(f"model written to {a.model}")
+
+
+def trainer_for(a: argparse.Namespace, common: dict):
+    """``train_one(model_dir=..., **overrides)`` for the chosen mode."""
     if a.mode == "synthetic":
         from carekit.synthetic import train_synthetic
 
         if not a.recipe:
             raise CarekitError("synthetic training needs --recipe RECIPE.json")
-        model = train_synthetic(a.recipe, a.model, **common)
-    elif a.mode in ("denoise", "projection"):
+        return lambda model_dir, **kw: train_synthetic(a.recipe, model_dir, **{**common, **kw})
+    if a.mode in ("denoise", "projection"):
         from carekit.projection import train_projection
         from carekit.train import train
 
         if not a.low or not a.high or not a.axes:
             raise CarekitError(f"{a.mode} training needs --low, --high and --axes")
-        model = (train if a.mode == "denoise" else train_projection)(a.low, a.high, a.axes, a.model, **common)
-    else:
-        from carekit.axial import train_isotropic, train_upsampling
+        fn = train if a.mode == "denoise" else train_projection
+        return lambda model_dir, **kw: fn(a.low, a.high, a.axes, model_dir, **{**common, **kw})
+    from carekit.axial import train_isotropic, train_upsampling
 
-        if not a.input:
-            raise CarekitError(f"{a.mode} training needs --input STACK (the volume to learn from)")
-        if a.factor is None and not a.resume:
-            raise CarekitError(f"{a.mode} training needs --factor (z-step over lateral pixel size)")
-        if a.mode == "isotropic":
-            model = train_isotropic(
-                a.input,
-                a.axes,
-                a.factor,
-                a.model,
-                psf=a.psf,
-                psf_sigma=psf_sigma(a),
-                peak_photons=a.noise_photons,
-                read_sigma=a.read_noise,
-                combine=a.combine,
-                **common,
-            )
-        else:
-            model = train_upsampling(a.input, a.axes, a.factor, a.model, **common)
-    print(model.summary())
-    print(f"model written to {a.model}")
+    if not a.input:
+        raise CarekitError(f"{a.mode} training needs --input STACK (the volume to learn from)")
+    if a.factor is None and not a.resume:
+        raise CarekitError(f"{a.mode} training needs --factor (z-step over lateral pixel size)")
+    if a.mode == "isotropic":
+        extra = {"psf": a.psf, "psf_sigma": psf_sigma(a), "peak_photons": a.noise_photons,
+                 "read_sigma": a.read_noise, "combine": a.combine}  # fmt: skip
+        return lambda model_dir, **kw: train_isotropic(
+            a.input, a.axes, a.factor, model_dir, **extra, **{**common, **kw}
+        )
+    return lambda model_dir, **kw: train_upsampling(a.input, a.axes, a.factor, model_dir, **{**common, **kw})
 
 
 def run_predict(a: argparse.Namespace) -> None:
@@ -259,24 +278,54 @@ def run_predict(a: argparse.Namespace) -> None:
     options = {"n_tiles": a.n_tiles, "memory": memory, "device": a.device, "precision": a.precision}
     if a.tta:
         options["tta"] = True
+    if not 0 < a.level < 1:
+        raise CarekitError(f"--level must be between 0 and 1, got {a.level}")
+    if a.movie:
+        prepare_output(a.movie, role="--movie")
+        if a.samples < 2:
+            raise CarekitError(f"--samples must be at least 2 for a movie, got {a.samples}")
     if a.factor is not None:
         if model.config.axial is None:
             raise CarekitError(
                 f"--factor applies to isotropic and upsampling models; {a.model} is a {model.config.mode} model"
             )
         options["factor"] = a.factor
+    wants_distribution = bool(a.uncertainty or a.movie)
     for src, dst, height_path in zip(inputs, targets, heights, strict=True):
         image, axes = read_with_axes(src, a.axes, fallback=model.config.axes)
-        if height_path is not None:
-            options["return_height"] = True
-        restored = model.predict(image, axes, progress=not a.quiet, **options)
         spacing = model.output_spacing(read_spacing(src), a.factor)
         out_axes = model.output_axes(axes)
+        if wants_distribution:
+            dist = model.predict_distribution(image, axes, progress=not a.quiet, **options)
+            restored = dist.mean
+            write_uncertainty(a, dist, Path(src).stem, out_axes, spacing)
+        else:
+            restored = model.predict(image, axes, progress=not a.quiet, **options)
         if height_path is not None:
-            restored, height = restored
+            _, height = model.predict(image, axes, return_height=True, **options)
             write_tiff(height_path, height.astype("float32"), out_axes.replace("C", ""), spacing=spacing)
         write_tiff(dst, restored.astype("float32", copy=False), out_axes, spacing=spacing)
         print(f"{src} -> {dst}")
+
+
+def write_uncertainty(a: argparse.Namespace, dist, stem: str, axes: str, spacing) -> None:
+    """The maps of ``--uncertainty DIR`` and the movie of ``--movie``."""
+    from carekit.figures import sample_movie
+    from carekit.io import write_tiff
+
+    if a.uncertainty:
+        folder = Path(a.uncertainty)
+        lower, upper = dist.interval(a.level)
+        maps = {"spread": dist.spread(), f"lower{a.level:g}": lower, f"upper{a.level:g}": upper,
+                "entropy": dist.entropy()}  # fmt: skip
+        if hasattr(dist, "disagreement"):
+            maps["disagreement"] = dist.disagreement()
+        for name, value in maps.items():
+            write_tiff(folder / f"{stem}_{name}.tif", np.asarray(value, np.float32), axes, spacing=spacing)
+    if a.movie:
+        samples = dist.sample(a.samples, np.random.default_rng(0))
+        frames = samples.reshape(a.samples, -1, *samples.shape[-2:])
+        sample_movie(frames[:, frames.shape[1] // 2], a.movie)
 
 
 def run_evaluate(a: argparse.Namespace) -> None:
@@ -300,6 +349,29 @@ def run_synth(a: argparse.Namespace) -> None:
     print(f"wrote {len(written)} pairs to {a.out}/low and {a.out}/high")
 
 
+def run_calibrate(a: argparse.Namespace) -> None:
+    from carekit.data.pairs import match_files
+    from carekit.ensemble import calibrate
+    from carekit.figures import reliability_diagram
+    from carekit.io import read_with_axes
+    from carekit.model import load
+
+    model = load(a.model)
+    axes = a.axes or model.config.axes
+    images, truths = [], []
+    for low, high in match_files(a.low, a.high):
+        images.append(read_with_axes(low, axes)[0])
+        truths.append(read_with_axes(high, model.output_axes(axes))[0])
+    report = calibrate(model, images, truths, axes, device=a.device, precision=a.precision)
+    print(f"{'nominal':>8s}{'before':>9s}{'after':>9s}")
+    for p in (0.5, 0.8, 0.9, 0.95):
+        print(f"{p:8.0%}{report['coverage_before'][p]:9.1%}{report['coverage_after'][p]:9.1%}")
+    print(f"ECE {report['ece_before']:.3f} -> {report['ece_after']:.3f} ({report['pixels']:,} pixels); "
+          f"calibration stored in {a.model}")  # fmt: skip
+    reliability_diagram(report, Path(a.model) / "reliability.png")
+    print(f"reliability diagram: {Path(a.model) / 'reliability.png'}")
+
+
 def run_info(a: argparse.Namespace) -> None:
     from carekit.model import load
 
@@ -317,6 +389,7 @@ COMMANDS = {
     "predict": run_predict,
     "evaluate": run_evaluate,
     "synth": run_synth,
+    "calibrate": run_calibrate,
     "info": run_info,
     "demo": run_demo,
 }

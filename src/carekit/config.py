@@ -33,7 +33,10 @@ def default_spatial(axes: str) -> str:
 
 @dataclass
 class NetConfig:
-    """The U-Net. ``kernel_size`` None means the reference default: 5 in 2D, 3 in 3D."""
+    """The U-Net. ``kernel_size`` None means the reference default: 5 in 2D, 3 in 3D.
+
+    ``probabilistic`` adds a Laplace scale head (trained by negative log-likelihood).
+    """
 
     depth: int = 2
     n_first: int = 32
@@ -41,6 +44,7 @@ class NetConfig:
     n_conv: int = 2
     residual: bool = True
     batch_norm: bool = False
+    probabilistic: bool = False
 
     def resolved(self, ndim: int) -> NetConfig:
         kernel = self.kernel_size if self.kernel_size is not None else (5 if ndim == 2 else 3)
@@ -166,6 +170,7 @@ class Config:
     axial: AxialConfig | None = None
     projection: ProjectionConfig | None = None
     synthetic: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.projection, dict):

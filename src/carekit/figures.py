@@ -1,4 +1,4 @@
-"""PNG figures a person can look at."""
+"""PNG figures (and sample movies) a person can look at."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from carekit.errors import CarekitError
 from carekit.io import write_atomic
 
 
@@ -94,3 +95,77 @@ def axial_spectrum(panels: dict[str, np.ndarray], path: str | Path, *, voxel_rat
     axes[0, 0].set_ylabel("z")
     axes[1, 0].set_ylabel("kz")
     return save_figure(fig, path)
+
+
+def line_profiles_figure(
+    panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *, title: str = ""
+) -> Path:
+    """Images side by side (each with its own display range) above their line profiles.
+
+    ``panels`` maps a name to ``(image, profile)``; profiles are scaled to [0, 1] to compare shapes.
+    """
+    n = len(panels)
+    fig, axes = plt.subplots(2, n, figsize=(3.0 * n, 5.6), squeeze=False)
+    for i, (name, (img, profile)) in enumerate(panels.items()):
+        lo, hi = display_range(img)
+        axes[0, i].imshow(img, cmap="magma", vmin=lo, vmax=hi, interpolation="nearest")
+        axes[0, i].set_title(name, fontsize=10)
+        axes[0, i].axis("off")
+        p = np.asarray(profile, float)
+        p = (p - p.min()) / (np.ptp(p) or 1.0)
+        axes[1, i].plot(np.linspace(0, 1, len(p)), p, color="k")
+        axes[1, i].set_ylim(-0.05, 1.05)
+        axes[1, i].set_xticks([])
+    axes[1, 0].set_ylabel("profile across the pair")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return save_figure(fig, path)
+
+
+def reliability_diagram(report: dict, path: str | Path) -> Path:
+    """Empirical against nominal coverage of central intervals, before and after calibration."""
+    levels = np.array(report["levels"])
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.plot([0, 1], [0, 1], color="gray", linestyle=":", label="ideal")
+    for key, label in (("coverage_before", "before"), ("coverage_after", "after")):
+        cover = np.array([report[key][str(p)] if str(p) in report[key] else report[key][p] for p in levels])
+        ece = report[f"ece_{label}"]
+        ax.plot(levels, cover, marker="o", label=f"{label} calibration (ECE {ece:.3f})")
+    ax.set_xlabel("nominal coverage of the central interval")
+    ax.set_ylabel("fraction of ground-truth pixels inside")
+    ax.set_title(f"reliability of central intervals ({report['pixels']:,} pixels)", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    return save_figure(fig, path)
+
+
+def sample_movie(frames: np.ndarray, path: str | Path, *, fps: float = 8.0) -> Path:
+    """Write 2D ``frames`` (T, Y, X) as an animated GIF (or MP4 where ffmpeg is installed).
+
+    All frames share one display range, so regions the model is unsure of flicker.
+    """
+    from matplotlib import animation
+
+    lo, hi = display_range(frames)
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise CarekitError(f"{path}: movies are written as .gif or .mp4")
+    if suffix == ".mp4" and not animation.writers.is_available("ffmpeg"):
+        raise CarekitError(f"{path}: writing MP4 needs ffmpeg on the PATH; write a .gif instead")
+    height, width = frames.shape[1:]
+    fig = plt.figure(figsize=(width / 100, height / 100), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.axis("off")
+    shown = ax.imshow(frames[0], cmap="magma", vmin=lo, vmax=hi, interpolation="nearest")
+
+    def update(i: int):
+        shown.set_data(frames[i])
+        return (shown,)
+
+    movie = animation.FuncAnimation(fig, update, frames=len(frames), interval=1000 / fps, blit=True)
+    writer = animation.PillowWriter(fps=fps) if suffix == ".gif" else animation.FFMpegWriter(fps=fps)
+    try:
+        return write_atomic(path, lambda tmp: movie.save(str(tmp), writer=writer, dpi=100))
+    finally:
+        plt.close(fig)

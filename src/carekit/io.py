@@ -108,7 +108,7 @@ def prepare_output(path: str | Path, *, role: str = "output") -> Path:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
     p = prepare_output(path)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.partial")
+    tmp = p.with_name(f".{p.stem}.{os.getpid()}.partial{p.suffix}")  # keeps the suffix writers look at
     try:
         yield tmp
         os.replace(tmp, p)

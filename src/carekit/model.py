@@ -16,14 +16,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from carekit.axes import check_axes, from_net, to_net
+from carekit.axes import Layout, check_axes, from_net, to_net
 from carekit.config import Config
 from carekit.engine import Engine, choose_engine
 from carekit.errors import CarekitError
 from carekit.io import check_finite, read_json, write_atomic, write_json
 from carekit.nets.unet import UNet, count_parameters
-from carekit.normalize import PREDICT_PERCENTILES, IntensityMap, denormalize, normalize, percentiles
+from carekit.normalize import PREDICT_PERCENTILES, IntensityMap, denormalize, normalize, percentiles, scale_of
 from carekit.predict import predict_tiled
+from carekit.uncertainty import Laplace
 
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
@@ -41,6 +42,7 @@ def build_net(config: Config) -> torch.nn.Module:
         "n_conv": n.n_conv,
         "residual": n.residual,
         "batch_norm": n.batch_norm,
+        "probabilistic": n.probabilistic,
     }
     if config.mode == "projection":
         from carekit.nets.projection import ProjectionNet
@@ -118,18 +120,7 @@ class CARE:
             self._engine = engine
         return engine
 
-    def predict(
-        self,
-        image: np.ndarray,
-        axes: str | None = None,
-        *,
-        n_tiles: tuple[int, ...] | None = None,
-        memory: int | None = None,
-        device: str = "auto",
-        precision: str | None = None,
-        progress: bool = False,
-        tta: bool = False,
-    ) -> np.ndarray:
+    def predict(self, image: np.ndarray, axes: str | None = None, **options) -> np.ndarray:
         """Restore ``image`` and return float32 intensities in the same axes order.
 
         Parameters
@@ -143,23 +134,65 @@ class CARE:
             Activation memory budget in bytes per batch of tiles.
         device, precision : str
             ``"auto"`` picks CUDA if present and the fastest safe precision.
+        progress : bool
+            Show a progress bar for large inputs.
         tta : bool
             Test-time augmentation: average the 8 flips/rotations of the lateral plane (8x slower).
         """
-        image = np.asarray(image)
-        axes = axes or self.config.axes
-        x, layout = to_net(image, axes, self.config.spatial, what="image")
+        return self.predict_with_scale(image, axes, **options)[0]
+
+    def predict_distribution(self, image: np.ndarray, axes: str | None = None, **options) -> Laplace:
+        """The per-pixel Laplace distribution (mean and scale, in intensity units) of a probabilistic model."""
+        if not self.config.net.probabilistic:
+            raise CarekitError("this model predicts no distribution; train it with --probabilistic")
+        mean, scale = self.predict_with_scale(image, axes, **options)
+        return Laplace(mean, scale, calibration_table(self.config.calibration))
+
+    def predict_with_scale(
+        self, image: np.ndarray, axes: str | None = None, **options
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Mean and Laplace scale (None for point models) in the input's axes order."""
+        x, layout = self.network_input(image, axes, self.config.spatial)
+        mean, scale = self.restore(x, **options)
+        return from_net(mean, layout)[0], None if scale is None else from_net(scale, layout)[0]
+
+    def network_input(self, image: np.ndarray, axes: str | None, spatial: str) -> tuple[np.ndarray, Layout]:
+        """Validate ``image`` and fold it into ``(N, C, *spatial)``."""
+        x, layout = to_net(np.asarray(image), axes or self.config.axes, spatial, what="image")
         if x.shape[1] != self.config.n_channel_in:
             raise CarekitError(
                 f"image has {x.shape[1]} channel(s) along C but the model expects {self.config.n_channel_in}; "
                 "check --axes and the channel order"
             )
         check_finite(x, "image")
-        restored = self.restore(
-            x, n_tiles=n_tiles, memory=memory, device=device, precision=precision, progress=progress, tta=tta
+        return x, layout
+
+    def run_net(self, x: np.ndarray, engine: Engine, n_tiles=None, memory=None, progress=False, forward=None):
+        """Tiled network output for normalised ``x`` (mean, then scale channels if probabilistic)."""
+        return predict_tiled(
+            forward or self.net,
+            x,
+            engine,
+            grid=self.net.divisor(),
+            halo=self.net.halo(),
+            bytes_per_voxel=self.net.bytes_per_voxel(),
+            n_tiles=n_tiles,
+            memory=memory,
+            progress=progress,
         )
-        out, _ = from_net(restored, layout)
-        return out
+
+    def to_intensities(self, y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Split network output into mean and scale and bring both to the target's intensity units.
+
+        ``lo``/``hi`` are the input's percentiles; the mean is de-normalised with the target
+        percentiles they map to, and the scale multiplied by the same span.
+        """
+        c = self.config.n_channel_out
+        t_lo, t_hi = self.intensity_map.apply(lo, hi)
+        mean = denormalize(y[:, :c], t_lo, t_hi)
+        if not self.config.net.probabilistic:
+            return mean, None
+        return mean, (y[:, c : 2 * c] * scale_of(t_lo, t_hi)).astype(np.float32, copy=False)
 
     def restore(
         self,
@@ -171,41 +204,25 @@ class CARE:
         precision: str | None = None,
         progress: bool = False,
         tta: bool = False,
-    ) -> np.ndarray:
-        """Network order in and out: ``(N, C, *S)`` intensities -> ``(N, C_out, *S)`` restored intensities.
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Network order: ``(N, C, *S)`` intensities -> mean (and scale) ``(N, C_out, *S)``.
 
-        With ``tta`` the result is the mean over the 8 flips and 90° rotations of the lateral plane.
+        With ``tta`` the network output is averaged over the 8 flips and 90° rotations of the
+        lateral plane.
         """
         lo, hi = percentiles(x, PREDICT_PERCENTILES)
         engine = self.engine(device, precision)
         normalized = normalize(x, lo, hi)
-
-        def run(image: np.ndarray, tiles: tuple[int, ...] | None) -> np.ndarray:
-            return predict_tiled(
-                self.net,
-                image,
-                engine,
-                grid=self.net.divisor(),
-                halo=self.net.halo(),
-                bytes_per_voxel=self.net.bytes_per_voxel(),
-                n_tiles=tiles,
-                memory=memory,
-                progress=progress,
-            )
-
         if not tta:
-            y = run(normalized, n_tiles)
-        else:
-            y = None
-            for k, flip in itertools.product(range(4), (False, True)):
-                tiles = n_tiles if n_tiles is None or k % 2 == 0 else (*n_tiles[:-2], n_tiles[-1], n_tiles[-2])
-                view = np.rot90(np.flip(normalized, -1) if flip else normalized, k, axes=(-2, -1))
-                out = np.rot90(run(np.ascontiguousarray(view), tiles), -k, axes=(-2, -1))
-                out = np.flip(out, -1) if flip else out
-                y = out.copy() if y is None else y + out
-            y /= 8
-        t_lo, t_hi = self.intensity_map.apply(lo, hi)
-        return denormalize(y, t_lo, t_hi)
+            return self.to_intensities(self.run_net(normalized, engine, n_tiles, memory, progress), lo, hi)
+        y = None
+        for k, flip in itertools.product(range(4), (False, True)):
+            tiles = n_tiles if n_tiles is None or k % 2 == 0 else (*n_tiles[:-2], n_tiles[-1], n_tiles[-2])
+            view = np.rot90(np.flip(normalized, -1) if flip else normalized, k, axes=(-2, -1))
+            out = np.rot90(self.run_net(np.ascontiguousarray(view), engine, tiles, memory, progress), -k, axes=(-2, -1))
+            out = np.flip(out, -1) if flip else out
+            y = out.copy() if y is None else y + out
+        return self.to_intensities(y / 8, lo, hi)
 
     # -- folder -------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -229,6 +246,11 @@ class CARE:
 
 
 CARE.by_mode[CARE.mode] = CARE
+
+
+def calibration_table(calibration: dict | None) -> np.ndarray | None:
+    """The stored recalibration table of a model or ensemble, if it was calibrated."""
+    return None if not calibration else np.asarray(calibration["pit"], np.float64)
 
 
 def model_class(mode: str) -> type[CARE]:
@@ -256,6 +278,8 @@ def load_weights(path: Path, net: torch.nn.Module) -> None:
         raise CarekitError(f"{path}: weights do not fit the configuration ({first}); the folder is damaged") from None
 
 
-def load(directory: str | Path) -> CARE:
-    """Load a model folder: ``carekit.load("my_model")``."""
-    return CARE.load(directory)
+def load(directory: str | Path):
+    """Load a model or ensemble folder: ``carekit.load("my_model")``."""
+    from carekit.ensemble import Ensemble, is_ensemble
+
+    return Ensemble.load(directory) if is_ensemble(directory) else CARE.load(directory)

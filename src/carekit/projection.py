@@ -20,7 +20,7 @@ from carekit.data.pairs import ImagePair, check_channels, match_files
 from carekit.errors import CarekitError
 from carekit.io import check_finite, read_with_axes
 from carekit.model import CARE
-from carekit.normalize import PREDICT_PERCENTILES, denormalize, normalize, percentiles
+from carekit.normalize import PREDICT_PERCENTILES, normalize, percentiles
 from carekit.predict import predict_tiled
 from carekit.train import check_settings, fit, make_config, resumable
 
@@ -129,7 +129,17 @@ class ProjectionCARE(CARE):
             super().summary() + f"; 3D projection part: depth {p.depth}, {p.n_first} features, kernel {p.kernel_size}"
         )
 
-    def predict(
+    def predict(self, image: np.ndarray, axes: str | None = None, *, return_height: bool = False, **options):
+        """Project and restore a stack; returns the 2D image (and, with ``return_height``, the
+        height map: the expected z of the projection weights, in slices)."""
+        mean, _, height = self.project(image, axes, **options)
+        return (mean, height) if return_height else mean
+
+    def predict_with_scale(self, image: np.ndarray, axes: str | None = None, **options) -> tuple:
+        mean, scale, _ = self.project(image, axes, **options)
+        return mean, scale
+
+    def project(
         self,
         image: np.ndarray,
         axes: str | None = None,
@@ -140,23 +150,17 @@ class ProjectionCARE(CARE):
         precision: str | None = None,
         progress: bool = False,
         tta: bool = False,
-        return_height: bool = False,
-    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Project and restore a stack; returns the 2D image (and the height map in slices)."""
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Mean, scale (None for point models) and height map, in the input's axes less Z."""
         if tta:
             raise CarekitError("test-time augmentation is available for denoise models, not projection ones")
-        axes = axes or self.config.axes
-        target_axes(axes, "image")
-        x, layout = to_net(np.asarray(image), axes, "ZYX", what="image")
-        if x.shape[1] != self.config.n_channel_in:
-            raise CarekitError(f"image has {x.shape[1]} channel(s) but the model expects {self.config.n_channel_in}")
-        check_finite(x, "image")
+        target_axes(axes or self.config.axes, "image")
+        x, layout = self.network_input(image, axes, "ZYX")
         lo, hi = percentiles(x, PREDICT_PERCENTILES)
-        engine = self.engine(device, precision)
         result = predict_tiled(
             lambda t: self.net(t, with_height=True),
             normalize(x, lo, hi),
-            engine,
+            self.engine(device, precision),
             grid=self.net.divisor(),
             halo=self.net.halo(),
             bytes_per_voxel=self.net.bytes_per_pixel(x.shape[2]),
@@ -164,12 +168,10 @@ class ProjectionCARE(CARE):
             memory=memory,
             progress=progress,
         )
-        t_lo, t_hi = self.intensity_map.apply(lo[..., 0, :, :], hi[..., 0, :, :])
-        restored = denormalize(result[:, :-1], t_lo, t_hi)
-        out, _ = from_net(restored, layout, spatial="YX")
-        if not return_height:
-            return out
+        mean, scale = self.to_intensities(result[:, :-1], lo[..., 0, :, :], hi[..., 0, :, :])
         height, height_axes = from_net(result[:, -1:], layout, spatial="YX")
         if "C" in height_axes:  # one height per pixel, whatever the channels
             height = np.take(height, 0, axis=height_axes.index("C"))
-        return out, height
+        mean = from_net(mean, layout, spatial="YX")[0]
+        scale = None if scale is None else from_net(scale, layout, spatial="YX")[0]
+        return mean, scale, height

@@ -47,7 +47,16 @@ NET_FIELDS = set(NetConfig.__dataclass_fields__)
 TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)
 
 
-def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def laplace_nll(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of ``y`` under Laplace(mean, scale) stacked as ``pred = [mean, scale]``."""
+    c = y.shape[1]
+    mean, scale = pred[:, :c].float(), pred[:, c:].float()
+    return torch.mean(torch.abs(y - mean) / scale + torch.log(scale)) + math.log(2.0)
+
+
+def loss_function(name: str, probabilistic: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if probabilistic:
+        return laplace_nll
     if name == "mse":
         return lambda pred, y: torch.mean((pred.float() - y) ** 2)
     return lambda pred, y: torch.mean(torch.abs(pred.float() - y))
@@ -225,7 +234,7 @@ class Trainer:
         self.config = care.config
         t = self.config.train
         self.net = engine.prepare(care.net)
-        self.loss = loss or loss_function(t.loss)
+        self.loss = loss or loss_function(t.loss, self.config.net.probabilistic)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=t.learning_rate)
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, factor=t.lr_factor, patience=t.lr_patience)
         self.scaler = torch.amp.GradScaler("cuda", enabled=engine.precision == "float16")

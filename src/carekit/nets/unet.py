@@ -17,6 +17,7 @@ from torch.nn import functional as F
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 POOL = {2: F.max_pool2d, 3: F.max_pool3d}
 NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+SCALE_FLOOR = 1e-3  # smallest Laplace scale, in normalised intensity units
 
 
 def conv_block(ndim: int, widths: list[int], kernel: tuple[int, ...], batch_norm: bool) -> nn.Sequential:
@@ -52,6 +53,9 @@ class UNet(nn.Module):
         Batch normalisation after each convolution.
     pool : tuple of int, optional
         Pooling factor per spatial axis (default 2 everywhere; 1 leaves an axis unpooled).
+    probabilistic : bool
+        Add a Laplace scale head: the output is ``[mean, scale]`` along channels, with
+        ``scale = softplus(.) + 1e-3`` from its own 1x1 convolution.
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class UNet(nn.Module):
         residual: bool = True,
         batch_norm: bool = False,
         pool: tuple[int, ...] | None = None,
+        probabilistic: bool = False,
     ) -> None:
         super().__init__()
         if ndim not in CONV:
@@ -92,6 +97,8 @@ class UNet(nn.Module):
             self.up.append(conv_block(ndim, widths, self.kernel, batch_norm))
         self.features = half(0)
         self.head = CONV[ndim](self.features, out_channels, 1)
+        self.probabilistic = probabilistic
+        self.scale_head = CONV[ndim](self.features, out_channels, 1) if probabilistic else None
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature maps, before the 1x1 output layer."""
@@ -108,10 +115,14 @@ class UNet(nn.Module):
         return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.body(x))
+        features = self.body(x)
+        out = self.head(features)
         if self.residual:
             out = out + x
-        return out
+        if self.scale_head is None:
+            return out
+        scale = F.softplus(self.scale_head(features).float()) + SCALE_FLOOR
+        return torch.cat([out.float(), scale], dim=1)
 
     def divisor(self) -> tuple[int, ...]:
         """Spatial sizes must be multiples of this (the pooling grid)."""

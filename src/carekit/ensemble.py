@@ -1,0 +1,169 @@
+"""Ensembles of CARE models and the calibration of predicted uncertainty.
+
+An ensemble folder holds ``ensemble.json`` and one complete model folder per member
+(``member-0``, ``member-1``, ...), trained with different seeds, so different initial
+weights and data order. Its prediction is the members' mean; with probabilistic
+members it is the mixture of their Laplace distributions, with the disagreement map D
+(see :mod:`carekit.uncertainty`).
+
+Calibration records, on held-out pairs, where the truth falls in each predicted
+distribution, and stores the table that recalibrates quantiles with the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from carekit.errors import CarekitError
+from carekit.io import read_json, write_json
+from carekit.model import CARE, calibration_table
+from carekit.uncertainty import Mixture, calibration_error, coverage, pit_table
+
+ENSEMBLE = "ensemble.json"
+FORMAT_VERSION = 1
+
+
+class Ensemble:
+    """Several models of one kind, predicting together."""
+
+    def __init__(self, members: list[CARE], directory: str | Path | None = None, calibration: dict | None = None):
+        if not members:
+            raise CarekitError("an ensemble needs at least one member")
+        self.members = members
+        self.directory = Path(directory) if directory is not None else None
+        self.calibration = calibration
+
+    @property
+    def config(self):
+        return self.members[0].config
+
+    @property
+    def probabilistic(self) -> bool:
+        return all(m.config.net.probabilistic for m in self.members)
+
+    def summary(self) -> str:
+        return f"ensemble of {len(self.members)} members; each: {self.members[0].summary()}"
+
+    def output_axes(self, axes: str) -> str:
+        return self.members[0].output_axes(axes)
+
+    def output_spacing(self, spacing, factor=None):
+        return self.members[0].output_spacing(spacing, factor)
+
+    def predict(self, image: np.ndarray, axes: str | None = None, **options) -> np.ndarray:
+        """The members' mean restoration."""
+        total = None
+        for m in self.members:
+            out = m.predict(image, axes, **options)
+            total = out.astype(np.float32, copy=True) if total is None else total + out
+        return total / len(self.members)
+
+    def predict_distribution(self, image: np.ndarray, axes: str | None = None, **options) -> Mixture:
+        """The mixture of the members' Laplace predictions (calibrated scales, if calibrated)."""
+        if not self.probabilistic:
+            raise CarekitError("ensemble members are not probabilistic; train them with --probabilistic")
+        means, scales = zip(*(m.predict_with_scale(image, axes, **options) for m in self.members), strict=True)
+        return Mixture(np.stack(means), np.stack(scales), calibration_table(self.calibration))
+
+    def save_index(self) -> Path:
+        from carekit import __version__
+
+        assert self.directory is not None
+        names = [m.directory.name for m in self.members]
+        payload = {"format_version": FORMAT_VERSION, "carekit_version": __version__, "members": names}
+        if self.calibration:
+            payload["calibration"] = self.calibration
+        return write_json(self.directory / ENSEMBLE, payload)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Ensemble:
+        d = Path(directory)
+        index = read_json(d / ENSEMBLE)
+        if not isinstance(index.get("format_version"), int) or index["format_version"] > FORMAT_VERSION:
+            raise CarekitError(
+                f"{d / ENSEMBLE}: ensemble format {index.get('format_version')} is newer; upgrade carekit"
+            )
+        members = [CARE.load(d / name) for name in index.get("members", [])]
+        return cls(members, d, index.get("calibration"))
+
+
+def is_ensemble(directory: str | Path) -> bool:
+    return (Path(directory) / ENSEMBLE).exists()
+
+
+def train_ensemble(train_one: Callable[..., CARE], k: int, model_dir: str | Path, *, time_budget: float | None = None,
+                   resume: bool = False, overwrite: bool = False, seed: int = 0, **options) -> Ensemble:  # fmt: skip
+    """Train ``k`` members one after the other with seeds ``seed, seed + 1, ...``.
+
+    ``train_one(model_dir=..., seed=..., time_budget=..., resume=..., overwrite=..., **options)``
+    trains one member (any mode); a time budget is shared equally. On ``resume``, members
+    with a checkpoint continue and missing ones start.
+    """
+    if k < 2:
+        raise CarekitError(f"an ensemble needs at least 2 members, got {k}")
+    d = Path(model_dir)
+    if is_ensemble(d) and not (resume or overwrite):
+        raise CarekitError(f"{d}: already holds an ensemble; choose a new folder, --resume or --overwrite")
+    members = []
+    share = None if time_budget is None else time_budget / k
+    for i in range(k):
+        folder = d / f"member-{i}"
+        again = resume and (folder / "last.safetensors").exists()
+        members.append(train_one(model_dir=folder, seed=seed + i, time_budget=share, resume=again,
+                                 overwrite=overwrite, **options))  # fmt: skip
+    ensemble = Ensemble(members, d)
+    ensemble.save_index()
+    return ensemble
+
+
+# -- calibration ------------------------------------------------------------------------
+def raw_distribution(model: CARE | Ensemble, image: np.ndarray, axes: str | None, **options):
+    """The model's prediction without any stored recalibration."""
+    dist = model.predict_distribution(image, axes, **options)
+    dist.pit = None
+    return dist
+
+
+def calibrate(model: CARE | Ensemble, images: list, truths: list, axes: str | None = None,
+              levels=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95), **options) -> dict:  # fmt: skip
+    """Recalibrate ``model`` on held-out ``images``/``truths`` and store the table with it.
+
+    Returns the report: coverage of central intervals and the expected calibration error
+    (mean absolute coverage gap over ``levels``) before and after, on these data.
+    """
+    values = []
+    for image, truth in zip(images, truths, strict=True):
+        dist = raw_distribution(model, image, axes, **options)
+        truth = np.asarray(truth, np.float64)
+        if truth.shape != dist.mean.shape:
+            raise CarekitError(f"ground truth of shape {truth.shape} does not match the prediction {dist.mean.shape}")
+        values.append(np.asarray(dist.cdf(truth)).ravel())
+    pit = np.concatenate(values)
+    table = pit_table(pit)
+    before, after = coverage(pit, levels), coverage(pit, levels, table)
+    report = {
+        "levels": list(levels),
+        "coverage_before": before,
+        "coverage_after": after,
+        "ece_before": calibration_error(before),
+        "ece_after": calibration_error(after),
+        "pixels": int(pit.size),
+        "pit": table.tolist(),
+    }
+    store_calibration(model, report)
+    return report
+
+
+def store_calibration(model: CARE | Ensemble, report: dict) -> None:
+    saved = {k: report[k] for k in ("pit", "ece_before", "ece_after", "pixels")}
+    if isinstance(model, Ensemble):
+        model.calibration = saved
+        if model.directory is not None:
+            model.save_index()
+        return
+    model.config.calibration = saved
+    if model.directory is not None:
+        write_json(model.directory / "config.json", model.config.to_dict())
