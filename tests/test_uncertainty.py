@@ -163,3 +163,23 @@ def test_cli_calibrate_uncertainty_maps_and_movie(ensemble, tmp_path, capsys):
 def test_ensemble_needs_two_members(tmp_path):
     with pytest.raises(CarekitError, match="at least 2 members"):
         train_ensemble(lambda **kw: None, 1, tmp_path)
+
+
+def test_every_mode_can_be_probabilistic(tmp_path):
+    from carekit.axial import train_isotropic
+    from carekit.data.surfaces import surface_stack
+    from carekit.projection import train_projection
+
+    quick = {**PROB, "epochs": 1, "steps_per_epoch": 3}
+    stack = blobs((6, 40, 48), seed=1)
+    iso = train_isotropic(stack, "ZYX", 2.0, tmp_path / "iso", psf_sigma=(2.0, 1.0), **quick)
+    dist = iso.predict_distribution(stack, "ZYX")
+    assert dist.mean.shape == dist.scale.shape == (11, 40, 48) and (dist.scale > 0).all()
+    surface, truth, _ = surface_stack((8, 40, 48), np.random.default_rng(0))
+    proj = train_projection(
+        noisy(surface), truth, "ZYX", tmp_path / "proj", **{**quick, "proj_features": 4, "validation_fraction": 0}
+    )
+    dist = proj.predict_distribution(noisy(surface, seed=3), "ZYX")
+    assert dist.mean.shape == dist.scale.shape == (40, 48) and (dist.scale > 0).all()
+    mean, height = proj.predict(noisy(surface, seed=3), "ZYX", return_height=True)
+    np.testing.assert_allclose(mean, dist.mean, rtol=1e-5, atol=1e-6)
