@@ -182,4 +182,5 @@ def test_every_mode_can_be_probabilistic(tmp_path):
     dist = proj.predict_distribution(noisy(surface, seed=3), "ZYX")
     assert dist.mean.shape == dist.scale.shape == (40, 48) and (dist.scale > 0).all()
     mean, height = proj.predict(noisy(surface, seed=3), "ZYX", return_height=True)
+    assert height.shape == (40, 48)
     np.testing.assert_allclose(mean, dist.mean, rtol=1e-5, atol=1e-6)
