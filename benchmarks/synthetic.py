@@ -26,7 +26,7 @@ from carekit.baselines import richardson_lucy, tuned_rl
 from carekit.data.synthetic import line_pair, widefield
 from carekit.figures import line_profiles_figure
 from carekit.metrics import evaluate
-from carekit.resolution import decorrelation_resolution, dip, line_profile
+from carekit.resolution import decorrelation_resolution, line_profile, pair_dip
 from carekit.synthetic import generate_pairs, parse_recipe, train_synthetic
 
 RESULTS = Path(__file__).parent / "results"
@@ -38,6 +38,7 @@ RECIPE = {
     "imaging": {"na": 1.3, "wavelength": 520, "pixel_size": 40, "photons": 100, "background": 0.1, "read_noise": 2},
 }
 FRACTIONS = (0.5, 0.6, 0.7, 0.8, 1.0, 1.2)
+STEP = 0.25  # profile sampling, in pixels
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,17 +76,19 @@ def main(argv: list[str] | None = None) -> None:
     dips: dict[str, dict[str, float]] = {name: {} for name in methods}
     profiles = {}
     for fraction in FRACTIONS:
-        truth = line_pair((64, 64), fraction * rayleigh, width=0.4)
+        truth = line_pair((64, 64), fraction * rayleigh, width=0.4, margin=4)
         im = recipe.imaging
         image = widefield(truth, psf, rng, photons=im.photons, background=im.background, read_sigma=im.read_noise)
+        sep = fraction * rayleigh
+        first, second = ((32 - sep / 2) - 16) / STEP, ((32 + sep / 2) - 16) / STEP  # profile indices of the lines
         for name, restore in methods.items():
             out = restore(image)
-            profile = line_profile(out, (32, 16), (32, 48), width=24)
-            dips[name][f"{fraction:g}"] = dip(profile)
+            profile = line_profile(out, (32, 16), (32, 48), width=40, step=STEP)
+            dips[name][f"{fraction:g}"] = pair_dip(profile, first, second)
             if fraction == 0.7:
                 profiles[name] = (out, profile)
         if fraction == 0.7:
-            profiles["ground truth"] = (truth, line_profile(truth, (32, 16), (32, 48), width=24))
+            profiles["ground truth"] = (truth, line_profile(truth, (32, 16), (32, 48), width=40, step=STEP))
     print(f"trained {trained:.0f} s on {recipe.pairs} pairs; Rayleigh distance {rayleigh:.2f} px")
     print(f"{'':26s}{'PSNR':>8s}{'SSIM':>8s}{'decorr. px':>12s}" + "".join(f"{f:>7g}R" for f in FRACTIONS))
     for name, r in rows.items():

@@ -2,7 +2,8 @@
 
 - :func:`line_profile` samples an image along a segment (averaged over a width);
 - :func:`dip` says how deep the valley between the two strongest peaks of a profile is
-  (0: one blob, 0.2: the 20 % dip of a resolved pair, 1: fully separated);
+  (0: one blob, 0.2: the 20 % dip of a resolved pair, 1: fully separated), and
+  :func:`pair_dip` the same for two structures at known positions;
 - :func:`fwhm` measures the width of a profile's main peak;
 - :func:`decorrelation_resolution` estimates the resolution of a whole image from its
   Fourier spectrum alone (Descloux, Grußmayer & Radenovic, Nat. Methods 2019), so
@@ -48,6 +49,21 @@ def dip(profile: np.ndarray) -> float:
     a, b = sorted(peaks[np.argsort(p[peaks])[-2:]])
     lower = min(p[a], p[b])
     return float(1 - p[a : b + 1].min() / lower) if lower > 0 else 0.0
+
+
+def pair_dip(profile: np.ndarray, first: float, second: float) -> float:
+    """Dip between two structures at known profile positions (indices, fractional allowed).
+
+    ``1 - I(midpoint) / min(I(first), I(second))`` after subtracting the profile's background
+    (the median of its outer quarters). Unlike :func:`dip`, noise peaks elsewhere cannot be
+    mistaken for the pair; a negative value means the midpoint is brighter than the pair.
+    """
+    p = np.asarray(profile, float)
+    q = max(1, len(p) // 4)
+    p = p - np.median(np.concatenate([p[:q], p[-q:]]))
+    at = np.interp([first, (first + second) / 2, second], np.arange(len(p)), p)
+    lower = min(at[0], at[2])
+    return float(1 - at[1] / lower) if lower > 0 else 0.0
 
 
 def fwhm(profile: np.ndarray, spacing: float = 1.0) -> float:
