@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         model = train_synthetic(recipe, Path(d) / "m", time_budget=a.train_seconds, epochs=100_000,
                                 steps_per_epoch=100, progress=False)  # fmt: skip
         trained = time.monotonic() - start
-    test = generate_pairs(recipe, a.test_images, seed=12345)
+    test = [p for p in generate_pairs(recipe, 2 * a.test_images, seed=12345) if p.high.max() > 0][: a.test_images]
     rl_iterations = [tuned_rl(p.low[0], p.high[0], psf)[1] for p in test]
     best_n = int(np.median(rl_iterations))
     methods = {

@@ -130,3 +130,12 @@ def test_cli_writes_2d_image_and_height_map(trained, tmp_path, capsys):
     assert tifffile.imread(tmp_path / "p.tif").shape == (40, 48)
     height = tifffile.imread(tmp_path / "h.tif")
     assert height.shape == (40, 48) and height.min() >= 0 and height.max() <= 11
+
+
+def test_bfloat16_channels_last_runs_the_mixed_2d_3d_network():
+    from carekit.engine import Engine
+
+    net = Engine(torch.device("cpu"), "bfloat16").prepare(ProjectionNet(1, 1, n_first=4, kernel_size=3).eval())
+    x = torch.rand(1, 1, 6, 32, 32)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net(x, with_height=True).shape == (1, 2, 32, 32)

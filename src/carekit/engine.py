@@ -58,8 +58,10 @@ class Engine:
 
     def prepare(self, net: nn.Module) -> nn.Module:
         net = net.to(self.device)
-        if self.channels_last:
-            net = net.to(memory_format=memory_format(net_ndim(net)))
+        if self.channels_last:  # per convolution: a network may mix 2D and 3D parts
+            for module in net.modules():
+                if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+                    module.to(memory_format=memory_format(module.weight.ndim - 2))
         return net
 
     def tensor(self, x: np.ndarray) -> torch.Tensor:
@@ -70,10 +72,6 @@ class Engine:
 
     def describe(self) -> str:
         return f"{self.device.type} {self.precision}" + (" channels-last" if self.channels_last else "")
-
-
-def net_ndim(net: nn.Module) -> int:
-    return int(getattr(net, "ndim", 2))
 
 
 def memory_format(ndim: int) -> torch.memory_format:
