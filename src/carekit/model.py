@@ -167,7 +167,16 @@ class CARE:
         check_finite(x, "image")
         return x, layout
 
-    def run_net(self, x: np.ndarray, engine: Engine, n_tiles=None, memory=None, progress=False, forward=None):
+    def run_net(
+        self,
+        x: np.ndarray,
+        engine: Engine,
+        n_tiles=None,
+        memory=None,
+        progress=False,
+        forward=None,
+        bytes_per_voxel=None,
+    ):
         """Tiled network output for normalised ``x`` (mean, then scale channels if probabilistic)."""
         return predict_tiled(
             forward or self.net,
@@ -175,7 +184,7 @@ class CARE:
             engine,
             grid=self.net.divisor(),
             halo=self.net.halo(),
-            bytes_per_voxel=self.net.bytes_per_voxel(),
+            bytes_per_voxel=bytes_per_voxel or self.net.bytes_per_voxel(),
             n_tiles=n_tiles,
             memory=memory,
             progress=progress,

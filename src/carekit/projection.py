@@ -21,7 +21,6 @@ from carekit.errors import CarekitError
 from carekit.io import check_finite, read_with_axes
 from carekit.model import CARE
 from carekit.normalize import PREDICT_PERCENTILES, normalize, percentiles
-from carekit.predict import predict_tiled
 from carekit.train import check_settings, fit, make_config, resumable
 
 PROJECTION_FIELDS = {"proj_depth": "depth", "proj_features": "n_first", "proj_kernel": "kernel_size"}
@@ -157,16 +156,14 @@ class ProjectionCARE(CARE):
         target_axes(axes or self.config.axes, "image")
         x, layout = self.network_input(image, axes, "ZYX")
         lo, hi = percentiles(x, PREDICT_PERCENTILES)
-        result = predict_tiled(
-            lambda t: self.net(t, with_height=True),
+        result = self.run_net(
             normalize(x, lo, hi),
             self.engine(device, precision),
-            grid=self.net.divisor(),
-            halo=self.net.halo(),
+            n_tiles,
+            memory,
+            progress,
+            forward=lambda t: self.net(t, with_height=True),
             bytes_per_voxel=self.net.bytes_per_pixel(x.shape[2]),
-            n_tiles=n_tiles,
-            memory=memory,
-            progress=progress,
         )
         mean, scale = self.to_intensities(result[:, :-1], lo[..., 0, :, :], hi[..., 0, :, :])
         height, height_axes = from_net(result[:, -1:], layout, spatial="YX")
