@@ -16,7 +16,7 @@ import numpy as np
 
 from carekit.axes import check_axes, from_net, to_net
 from carekit.config import Config, ProjectionConfig
-from carekit.data.pairs import ImagePair, check_channels, match_files
+from carekit.data.pairs import ImagePair, check_channels, match_files, per_sample
 from carekit.errors import CarekitError
 from carekit.io import check_finite, read_with_axes
 from carekit.model import CARE
@@ -54,9 +54,7 @@ def projection_pair(low: np.ndarray, high: np.ndarray, axes: str, name: str) -> 
             f"{name}: stack shape {low.shape} ({axes}) and target shape {high.shape} ({out_axes}) do not match; "
             "the target must be the stack's YX size"
         )
-    if x.shape[0] == 1:
-        return [ImagePair(name, x[0], y[0])]
-    return [ImagePair(f"{name}[{i}]", x[i], y[i]) for i in range(x.shape[0])]
+    return per_sample(name, x, y)
 
 
 def load_projection_pairs(low, high, axes: str) -> list[ImagePair]:

@@ -89,6 +89,11 @@ class Recipe:
     seed: int = 0
     imaging: Imaging = field(default_factory=Imaging)
 
+    @property
+    def axes(self) -> str:
+        """Axes of generated images: C for several channels, then ZYX or YX."""
+        return ("C" if len(self.channels) > 1 else "") + ("ZYX" if len(self.shape) == 3 else "YX")
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["shape"] = list(self.shape)
@@ -188,7 +193,7 @@ def synth(recipe: Recipe | str | Path, n: int, out_dir: str | Path, *, seed: int
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     if n < 1:
         raise CarekitError(f"--n must be at least 1, got {n}")
-    axes = ("C" if len(recipe.channels) > 1 else "") + ("ZYX" if len(recipe.shape) == 3 else "YX")
+    axes = recipe.axes
     written = []
     for i, p in enumerate(generate_pairs(recipe, n, recipe.seed if seed is None else seed)):
         low, high = (p.low, p.high) if "C" in axes else (p.low[0], p.high[0])
@@ -223,7 +228,7 @@ def train_synthetic(
     elif not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     pairs = generate_pairs(recipe, recipe.pairs, recipe.seed, progress)
-    axes = ("C" if len(recipe.channels) > 1 else "") + ("ZYX" if len(recipe.shape) == 3 else "YX")
+    axes = recipe.axes
     if saved is None:
         config = make_config(axes, (len(recipe.channels), len(recipe.channels)), settings)
         config.mode, config.synthetic = "synthetic", recipe.to_dict()

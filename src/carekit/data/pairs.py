@@ -43,6 +43,11 @@ def split_samples(low: np.ndarray, high: np.ndarray, axes: str, spatial: str, na
     check_finite(high, f"{name} (target)")
     x, _ = to_net(low, axes, spatial, what=name)
     y, _ = to_net(high, axes, spatial, what=name)
+    return per_sample(name, x, y)
+
+
+def per_sample(name: str, x: np.ndarray, y: np.ndarray) -> list[ImagePair]:
+    """One pair per sample of network-order inputs ``x`` and targets ``y`` (named ``name[i]``)."""
     if x.shape[0] == 1:
         return [ImagePair(name, x[0], y[0])]
     return [ImagePair(f"{name}[{i}]", x[i], y[i]) for i in range(x.shape[0])]
