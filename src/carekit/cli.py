@@ -29,6 +29,11 @@ PREDICT_EXAMPLES = """examples:
   carekit predict --model models/nuclei --input folder/ --output restored/ --axes TYX
   carekit predict --model wing --input stack.tif --output surface.tif --height-map height.tif
   carekit predict --model prob --input a.tif --output a_care.tif --uncertainty maps/ --movie a_samples.gif
+  carekit predict --model nuclei.zip --input new.tif --output restored.tif   (a bioimage.io package)
+"""
+EXPORT_EXAMPLES = """examples:
+  carekit export --model models/nuclei --out nuclei.zip
+  carekit export --model models/nuclei --out nuclei.zip --sample new.tif --name "Nuclei denoising" --author "A. Smith"
 """
 CALIBRATE_EXAMPLES = """examples:
   carekit calibrate --model models/prob --low calib/low --high calib/high --axes YX
@@ -123,7 +128,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict", help="restore images with a trained model", epilog=PREDICT_EXAMPLES, formatter_class=raw
     )
-    p.add_argument("--model", required=True, metavar="DIR")
+    p.add_argument("--model", required=True, metavar="DIR", help="model folder, or a bioimage.io package MODEL.zip")
     p.add_argument("--input", required=True, metavar="PATH", help="TIFF file or folder of TIFFs")
     p.add_argument("--output", required=True, metavar="PATH", help="TIFF file (or folder, for a folder input)")
     p.add_argument("--axes", help="axes of the input (default: from the file, else the model's)")
@@ -137,6 +142,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=16, help="frames of --movie (16)")
     p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations (8x slower, often cleaner)")
     add_engine_options(p)
+
+    x = sub.add_parser("export", help="write a bioimage.io package (Fiji/deepImageJ, ilastik, napari)",
+                       epilog=EXPORT_EXAMPLES, formatter_class=raw)  # fmt: skip
+    x.add_argument("--model", required=True, metavar="DIR", help="a denoising or synthetic model folder")
+    x.add_argument("--out", required=True, metavar="MODEL.zip", help="the package to write")
+    x.add_argument("--sample", metavar="IMAGE.tif", help="test image for the package (default: the shipped nuclei)")
+    x.add_argument("--axes", help="axes of --sample (default: from the file, else the model's)")
+    x.add_argument("--name", help="package name (default from the folder name)")
+    x.add_argument("--author", help="who trained the model (default: the current user)")
+    x.add_argument("--license", default="CC-BY-4.0", help="SPDX licence of the weights (default CC-BY-4.0)")
 
     e = sub.add_parser(
         "evaluate", help="NRMSE, PSNR, SSIM against ground truth", epilog=EVALUATE_EXAMPLES, formatter_class=raw
@@ -259,7 +274,10 @@ def trainer_for(a: argparse.Namespace, common: dict):
 def run_predict(a: argparse.Namespace) -> None:
     from carekit.io import list_images, prepare_output, read_spacing, read_with_axes, write_tiff
     from carekit.model import load
+    from carekit.package import is_package
 
+    if is_package(a.model):
+        return run_package(a)
     model = load(a.model)
     inputs = list_images(a.input, role="--input")
     folder = Path(a.input).is_dir()
@@ -306,6 +324,56 @@ def run_predict(a: argparse.Namespace) -> None:
             write_tiff(height_path, height.astype("float32"), out_axes.replace("C", ""), spacing=spacing)
         write_tiff(dst, restored.astype("float32", copy=False), out_axes, spacing=spacing)
         print(f"{src} -> {dst}")
+
+
+def input_output_pairs(a: argparse.Namespace) -> list[tuple[Path, Path]]:
+    from carekit.io import list_images, prepare_output
+
+    inputs = list_images(a.input, role="--input")
+    out = Path(a.output)
+    if Path(a.input).is_dir():
+        if out.suffix.lower() in (".tif", ".tiff"):
+            raise CarekitError(f"{a.input} is a folder, so --output must be a folder, not {out.name}")
+        pairs = [(f, out / f.name) for f in inputs]
+    else:
+        pairs = [(inputs[0], out)]
+    for _, target in pairs:
+        prepare_output(target, role="--output")
+    return pairs
+
+
+def run_package(a: argparse.Namespace) -> None:
+    """``predict --model MODEL.zip``: a bioimage.io package through ONNX Runtime or TorchScript."""
+    from carekit.io import read_spacing, read_with_axes, write_tiff
+    from carekit.package import Package
+
+    unsupported = [f"--{k.replace('_', '-')}" for k in ("uncertainty", "movie", "height_map", "factor", "tta")
+                   if getattr(a, k)]  # fmt: skip
+    if unsupported:
+        raise CarekitError(f"{' '.join(unsupported)} need a carekit model folder, not a bioimage.io package")
+    package = Package(a.model)
+    for src, dst in input_output_pairs(a):
+        image, axes = read_with_axes(src, a.axes, fallback=package.spatial)
+        restored, out_axes = package.predict(image, axes)
+        write_tiff(dst, restored[0], out_axes, spacing=read_spacing(src))
+        for extra, spec in zip(restored[1:], package.outputs[1:], strict=True):
+            write_tiff(dst.with_name(f"{dst.stem}_{spec.id}{dst.suffix}"), extra, out_axes, spacing=read_spacing(src))
+        print(f"{src} -> {dst}")
+
+
+def run_export(a: argparse.Namespace) -> None:
+    from carekit.axes import to_net
+    from carekit.export import export
+    from carekit.io import read_with_axes
+    from carekit.model import load
+
+    model = load(a.model)
+    sample = None
+    if a.sample:
+        image, axes = read_with_axes(a.sample, a.axes, fallback=model.config.axes)
+        sample = to_net(image, axes, model.config.spatial, what=a.sample)[0]
+    out = export(model, a.out, sample=sample, name=a.name, author=a.author, license=a.license)
+    print(f"{a.model} -> {out}")
 
 
 def write_uncertainty(a: argparse.Namespace, dist, stem: str, axes: str, spacing) -> None:
@@ -387,6 +455,7 @@ def run_demo(a: argparse.Namespace) -> None:
 COMMANDS = {
     "train": run_train,
     "predict": run_predict,
+    "export": run_export,
     "evaluate": run_evaluate,
     "synth": run_synth,
     "calibrate": run_calibrate,
