@@ -184,3 +184,15 @@ def test_every_mode_can_be_probabilistic(tmp_path):
     mean, height = proj.predict(noisy(surface, seed=3), "ZYX", return_height=True)
     assert height.shape == (40, 48)
     np.testing.assert_allclose(mean, dist.mean, rtol=1e-5, atol=1e-6)
+
+
+def test_scale_head_does_not_change_how_the_mean_learns(tmp_path):
+    """The mean of a probabilistic model trains as a plain model's (beta-NLL, scale head on detached features)."""
+    clean = blobs((96, 96), seed=4)
+    low, settings = noisy(clean, seed=5), {**TINY, "epochs": 2, "steps_per_epoch": 10, "patch_size": (32, 32)}
+    plain = train(low, clean, "YX", tmp_path / "plain", progress=False, **settings)
+    prob = train(low, clean, "YX", tmp_path / "prob", probabilistic=True, progress=False, **settings)
+    test = noisy(blobs((64, 64), seed=6), seed=7)
+    a, b = plain.predict(test, "YX"), prob.predict(test, "YX")
+    assert np.abs(a - b).max() < 1e-3 * np.ptp(a)
+    assert np.abs(a - test).max() > 0.05 * np.ptp(a)  # both actually changed the image

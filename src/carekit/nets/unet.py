@@ -55,7 +55,10 @@ class UNet(nn.Module):
         Pooling factor per spatial axis (default 2 everywhere; 1 leaves an axis unpooled).
     probabilistic : bool
         Add a Laplace scale head: the output is ``[mean, scale]`` along channels, with
-        ``scale = softplus(.) + 1e-3`` from its own 1x1 convolution.
+        ``scale = softplus(.) + 1e-3`` from its own 1x1 convolution. The head reads the last
+        feature maps without passing gradients back into them, so the scale cannot steer the
+        features the mean is made of (with the beta-weighted NLL of ``carekit.train`` the mean
+        then trains exactly as a plain network's would).
     """
 
     def __init__(
@@ -121,7 +124,7 @@ class UNet(nn.Module):
             out = out + x
         if self.scale_head is None:
             return out
-        scale = F.softplus(self.scale_head(features).float()) + SCALE_FLOOR
+        scale = F.softplus(self.scale_head(features.detach()).float()) + SCALE_FLOOR
         return torch.cat([out.float(), scale], dim=1)
 
     def divisor(self) -> tuple[int, ...]:
