@@ -30,6 +30,7 @@ PREDICT_EXAMPLES = """examples:
   carekit predict --model wing --input stack.tif --output surface.tif --height-map height.tif
   carekit predict --model prob --input a.tif --output a_care.tif --uncertainty maps/ --movie a_samples.gif
   carekit predict --model nuclei.zip --input new.tif --output restored.tif   (a bioimage.io package)
+  carekit predict --model models/nuclei --input huge.zarr --output restored.zarr --dask   (OME-Zarr, out of core)
 """
 EXPORT_EXAMPLES = """examples:
   carekit export --model models/nuclei --out nuclei.zip
@@ -129,11 +130,11 @@ def parser() -> argparse.ArgumentParser:
         "predict", help="restore images with a trained model", epilog=PREDICT_EXAMPLES, formatter_class=raw
     )
     p.add_argument("--model", required=True, metavar="DIR", help="model folder, or a bioimage.io package MODEL.zip")
-    p.add_argument("--input", required=True, metavar="PATH", help="TIFF file or folder of TIFFs")
-    p.add_argument("--output", required=True, metavar="PATH", help="TIFF file (or folder, for a folder input)")
+    p.add_argument("--input", required=True, metavar="PATH", help="TIFF file, folder of TIFFs, or OME-Zarr")
+    p.add_argument("--output", required=True, metavar="PATH", help="TIFF file (folder for a folder input) or .zarr")
     p.add_argument("--axes", help="axes of the input (default: from the file, else the model's)")
     p.add_argument("--n-tiles", type=ints, help="tiles per spatial axis (default: from the memory budget)")
-    p.add_argument("--memory", type=float, metavar="GB", help="activation memory per batch of tiles (default 1.5)")
+    p.add_argument("--memory", type=float, metavar="GB", help="per batch of tiles (1.5); per block for .zarr (1)")
     p.add_argument("--factor", type=float, help="isotropic/upsampling models: override the z factor")
     p.add_argument("--height-map", metavar="PATH", help="projection models: also write the surface height map")
     p.add_argument("--uncertainty", metavar="DIR", help="probabilistic models: spread, interval, entropy maps")
@@ -141,6 +142,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--movie", metavar="OUT.gif", help="probabilistic models: a movie of samples (.gif or .mp4)")
     p.add_argument("--samples", type=int, default=16, help="frames of --movie (16)")
     p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations (8x slower, often cleaner)")
+    p.add_argument(
+        "--dask",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run chunks on Dask: a local 2-worker cluster, or a scheduler address tcp://host:8786",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OME-Zarr output")
     add_engine_options(p)
 
     x = sub.add_parser("export", help="write a bioimage.io package (Fiji/deepImageJ, ilastik, napari)",
@@ -274,10 +283,15 @@ def trainer_for(a: argparse.Namespace, common: dict):
 def run_predict(a: argparse.Namespace) -> None:
     from carekit.io import list_images, prepare_output, read_spacing, read_with_axes, write_tiff
     from carekit.model import load
+    from carekit.omezarr import is_zarr
     from carekit.package import is_package
 
     if is_package(a.model):
         return run_package(a)
+    if a.dask or is_zarr(a.input) or Path(a.output).suffix.lower() == ".zarr":
+        from carekit.chunked import run_predict_chunked
+
+        return run_predict_chunked(a)
     model = load(a.model)
     inputs = list_images(a.input, role="--input")
     folder = Path(a.input).is_dir()
