@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from carekit.chunked import BLOCK_MEMORY
     from carekit.config import Config, NetConfig
+    from carekit.engine import choose_engine
     from carekit.model import CARE
 
     shape = tuple(int(v) for v in a.shape.split(","))
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         "input_gb_on_disk": round(folder_gb(work / "input.zarr"), 3),
         "output_gb_on_disk": round(folder_gb(restored), 3),
         "model": f"untrained: {model.summary()}",
+        "precision": choose_engine("auto", model.config.train.precision).describe(),
         "block_memory_gb": (memory or BLOCK_MEMORY) / 2**30,
         "blocks": measured["blocks"],
         "peak_rss_gb": round(measured["peak_rss_gb"], 3),
