@@ -10,10 +10,11 @@ import zarr
 
 from carekit import chunked
 from carekit.axes import to_net
-from carekit.chunked import Plan, percentiles_chunked, restore_chunked
+from carekit.chunked import Plan, restore_chunked
 from carekit.cli import main
 from carekit.config import Config, NetConfig
 from carekit.errors import CarekitError
+from carekit.lazy import percentiles_chunked
 from carekit.model import CARE
 from carekit.normalize import percentiles
 from carekit.omezarr import is_zarr, open_omezarr, write_omezarr
