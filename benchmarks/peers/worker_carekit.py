@@ -1,0 +1,89 @@
+"""carekit's side of the peer comparison, run by carekit's own venv (see ``common.py`` for the protocol)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import THREADS, StepClock, random_image, serve, timed_predict, warmup_crop
+
+import carekit
+from carekit.config import Config
+from carekit.data.pairs import ImagePair
+from carekit.data.patches import PatchSampler
+from carekit.engine import choose_engine
+from carekit.model import CARE
+from carekit.train import Trainer
+
+torch.set_num_threads(THREADS)
+BUDGET_SETTINGS = {"epochs": 10_000, "steps_per_epoch": 50}  # as the demo trains to a time budget
+
+
+class ClockedTrainer(Trainer):
+    """carekit's training loop with a timestamp after every optimizer step."""
+
+    def __init__(self, *args, clock: StepClock, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.clock = clock
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> float:
+        loss = super().step(x, y)
+        self.clock.tick()
+        return loss
+
+
+def model_config(job: dict, **train) -> Config:
+    """The comparison network: depth 2, 32 first features, the job's kernel (None: carekit's default)."""
+    axes = "ZYX" if job["ndim"] == 3 else "YX"
+    return Config(axes=axes, net={"depth": 2, "n_first": 32, "kernel_size": job.get("kernel")}, train=train)
+
+
+def train_speed(job: dict) -> dict:
+    """Steps/s of the full training loop (patch sampling in its thread included) on a random image."""
+    torch.manual_seed(0)
+    patch, batch = tuple(job["patch"]), job["batch"]
+    config = model_config(job, batch_size=batch, patch_size=patch, epochs=1, steps_per_epoch=job["steps"])
+    image = random_image((1, *(4 * p for p in patch[-2:])) if job["ndim"] == 2 else (1, 2 * patch[0], 128, 128))
+    sampler = PatchSampler([ImagePair("random", image, image)], patch, val_fraction=0.0, threshold=0.0)
+    clock = StepClock(job["warmup"])
+    engine = choose_engine("auto", "auto")
+    with tempfile.TemporaryDirectory() as d:
+        ClockedTrainer(CARE(config), sampler, Path(d), engine, clock=clock).run(progress=False)
+    params = sum(p.numel() for p in CARE(config).net.parameters())
+    return {**clock.summary(batch, int(np.prod(patch))), "batch": batch, "params": params, "engine": engine.describe()}
+
+
+def predict(job: dict) -> dict:
+    """Mpx/s of ``model.predict`` with every default (tiling, precision) on a random image."""
+    torch.manual_seed(0)
+    model = CARE(model_config(job))
+    axes = model.config.axes
+    image = random_image(tuple(job["shape"]))
+    result = timed_predict(lambda a: model.predict(a, axes), image, image[warmup_crop(image.shape)])
+    return {**result, "engine": choose_engine("auto", "auto").describe()}
+
+
+def quality(job: dict) -> dict:
+    """Train on the job's pairs for its budget, restore its test stack with the default and float32 paths."""
+    low, high = np.load(job["train_low"]), np.load(job["train_high"])
+    test = np.load(job["test_low"])
+    with tempfile.TemporaryDirectory() as d:
+        model = carekit.train(
+            low, high, "SYX", Path(d) / "m", time_budget=job["budget"], progress=False, **BUDGET_SETTINGS
+        )
+        history = (Path(d) / "m" / "history.csv").read_text().splitlines()[1:]
+    steps = sum(int(row.split(",")[1]) for row in history)
+    outputs = {"default": model.predict(test, "SYX"), "float32": model.predict(test, "SYX", precision="float32")}
+    for name, out in outputs.items():
+        np.save(job["outputs"][name], out.astype(np.float32))
+    return {"steps": steps, "engine": choose_engine("auto", "auto").describe()}
+
+
+def versions() -> dict:
+    return {"carekit": carekit.__version__, "torch": torch.__version__}
+
+
+if __name__ == "__main__":
+    serve({"train_speed": train_speed, "predict": predict, "quality": quality, "idle": lambda job: {}}, versions)

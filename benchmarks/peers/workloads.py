@@ -1,0 +1,156 @@
+"""The workloads: which jobs each tool runs, at which sizes, and the shared quality data.
+
+Throughput and prediction jobs use random data (content does not change a network's speed);
+the quality jobs use the shipped sample degraded as ``carekit demo`` does, at several photon
+levels, each tool training on the demo's training rows and restoring test rows none has seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from carekit import demo
+from carekit.data.camera import poisson_gaussian, to_photons
+
+KERNEL3_ONLY = {"careamics"}  # CAREamics' U-Net has 3x3 kernels only
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Patch, batch and image sizes of one run; ``QUICK`` is the smoke-test version of ``FULL``."""
+
+    patch2d: tuple[int, ...] = (64, 64)
+    batch2d: int = 16
+    steps2d: int = 60
+    warmup2d: int = 10
+    patch3d: tuple[int, ...] = (16, 64, 64)
+    batch3d: int = 4  # 16 patches of 16x64x64 take seconds per step on 2 cores for the peers
+    steps3d: int = 25
+    warmup3d: int = 5
+    predict2d: tuple[int, ...] = (2048, 2048)
+    predict3d: tuple[int, ...] = (64, 512, 512)
+
+
+FULL = Sizes()
+QUICK = Sizes((32, 32), 4, 8, 3, (8, 32, 32), 2, 6, 2, (256, 256), (16, 128, 128))
+
+
+@dataclass
+class Job:
+    """One worker run: ``spec`` goes to ``tool``'s worker; ``row`` labels it in the tables."""
+
+    workload: str
+    row: str
+    tool: str
+    spec: dict = field(default_factory=dict)
+    result: dict | None = None
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def throughput_jobs(tools: list[str], s: Sizes) -> list[Job]:
+    """Training steps/s: 2D kernel 5 and 3, 3D kernel 3, the same depth-2 / 32-feature U-Net."""
+    cases = [
+        (2, 5, s.patch2d, s.batch2d, s.steps2d, s.warmup2d),
+        (2, 3, s.patch2d, s.batch2d, s.steps2d, s.warmup2d),
+        (3, 3, s.patch3d, s.batch3d, s.steps3d, s.warmup3d),
+    ]
+    jobs = []
+    for ndim, kernel, patch, batch, steps, warmup in cases:
+        row = f"train {ndim}D k{kernel}, batch {batch} x {shape_text(patch)}"
+        spec = {"task": "train_speed", "ndim": ndim, "kernel": kernel, "patch": list(patch), "batch": batch}
+        spec.update(steps=steps, warmup=warmup)
+        jobs += [Job("throughput", row, t, dict(spec)) for t in tools if kernel == 3 or t not in KERNEL3_ONLY]
+    return jobs
+
+
+def predict_jobs(tools: list[str], s: Sizes) -> list[Job]:
+    """Prediction Mpx/s with each tool's default tiling: 2D kernel 5 and 3, 3D kernel 3."""
+    cases = [(2, 5, s.predict2d), (2, 3, s.predict2d), (3, 3, s.predict3d)]
+    jobs = []
+    for ndim, kernel, shape in cases:
+        row = f"predict {ndim}D k{kernel}, {shape_text(shape)}"
+        spec = {"task": "predict", "ndim": ndim, "kernel": kernel, "shape": list(shape)}
+        jobs += [Job("predict", row, t, dict(spec)) for t in tools if kernel == 3 or t not in KERNEL3_ONLY]
+    return jobs
+
+
+def idle_jobs(tools: list[str]) -> list[Job]:
+    """The memory a worker holds after importing its tool and nothing else."""
+    return [Job("memory", "import only", t, {"task": "idle"}) for t in tools]
+
+
+@dataclass
+class QualityData:
+    """One photon level's data as ``.npy`` files, and the truth of its test region in memory."""
+
+    photons: float
+    train_low: Path
+    train_high: Path
+    test_low: Path
+    test_truth: np.ndarray
+    test_noisy: np.ndarray
+
+
+def degrade(photons: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ground truth and noisy input as ``carekit.demo.make_data``, at ``photons`` peak photons."""
+    truth = demo.sample_volume()[demo.SLICES].astype(np.float32)
+    rng = np.random.default_rng(demo.SEED)
+    return truth, poisson_gaussian(to_photons(truth, photons), rng, read_sigma=demo.READ_NOISE)
+
+
+def quality_data(photons: float, folder: Path) -> QualityData:
+    """Write the training rows and the test region of one photon level into ``folder``."""
+    truth, noisy = degrade(photons)
+    test = (demo.TEST_SLICES, demo.TEST_ROWS)
+    files = {name: folder / f"p{photons:g}-{name}.npy" for name in ("train_low", "train_high", "test_low")}
+    np.save(files["train_low"], noisy[:, demo.TRAIN_ROWS].astype(np.float32))
+    np.save(files["train_high"], truth[:, demo.TRAIN_ROWS])
+    np.save(files["test_low"], noisy[test].astype(np.float32))
+    return QualityData(photons, **files, test_truth=truth[test], test_noisy=noisy[test])
+
+
+def quality_jobs(tools: list[str], data: list[QualityData], budget: float, folder: Path) -> list[Job]:
+    """One training run per tool and photon level, each for ``budget`` seconds."""
+    jobs = []
+    for d in data:
+        for t in tools:
+            names = ("default", "float32") if t == "carekit" else ("default",)
+            outputs = {n: str(folder / f"p{d.photons:g}-{t}-{n}.npy") for n in names}
+            spec = {"task": "quality", "budget": budget, "outputs": outputs}
+            spec.update(train_low=str(d.train_low), train_high=str(d.train_high), test_low=str(d.test_low))
+            jobs.append(Job("quality", f"{d.photons:g} photons", t, spec))
+    return jobs
+
+
+def score_level(data: QualityData, jobs: list[Job]) -> dict:
+    """The paper's per-slice evaluation of the input, tuned NLM and every tool's restoration."""
+    from carekit.baselines import tuned_nlm
+
+    denoised, nlm_params = tuned_nlm(data.test_noisy, data.test_truth)
+    scores = {
+        "input": demo.scores(data.test_noisy, data.test_truth),
+        "NLM (tuned on truth)": demo.scores(denoised, data.test_truth),
+    }
+    for job in jobs:
+        if job.result is None or "error" in job.result:
+            scores[job.tool] = {"error": (job.result or {}).get("error", "not run")}
+            continue
+        for name, path in job.spec["outputs"].items():
+            label = job.tool if name == "default" else f"{job.tool} {name}"
+            scores[label] = {**demo.scores(np.load(path), data.test_truth), "steps": job.result.get("steps")}
+    psnr = {k: v.get("psnr") for k, v in scores.items()}
+    gains = {p: psnr["carekit"] - psnr[p] for p in ("csbdeep", "careamics") if psnr.get(p) and psnr.get("carekit")}
+    gap = psnr["carekit float32"] - psnr["carekit"] if psnr.get("carekit float32") and psnr.get("carekit") else None
+    return {
+        "photons": data.photons,
+        "nlm_parameters": nlm_params,
+        "scores": scores,
+        "gain_db": gains,
+        "float32_gap_db": gap,
+    }
