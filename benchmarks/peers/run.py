@@ -116,7 +116,14 @@ def cpu_name() -> str:
 
 
 def machine() -> dict:
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": sys.version.split()[0]}
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": sys.version.split()[0], "load": os.getloadavg()}
+
+
+def warn_if_busy() -> None:
+    """Timings need an idle machine: with a core taken, 2 OpenMP threads (torch) can slow down 10-50x."""
+    load = os.getloadavg()[0]
+    if load >= 0.5:
+        print(f"warning: load average {load:.1f} before the run; timings will be distorted", flush=True)
 
 
 def summarise(a: argparse.Namespace, jobs: list[Job], data: list[workloads.QualityData]) -> dict:
@@ -161,6 +168,7 @@ def render(summary: dict, tools: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     pythons = envs.ensure(a.tools, a.venvs)
+    warn_if_busy()
     with tempfile.TemporaryDirectory(prefix="carekit-peers-") as d:
         folder = Path(d)
         jobs, data = plan(a, folder)
