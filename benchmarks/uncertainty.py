@@ -10,7 +10,9 @@ slices 20-39 test. Rows: a plain model, a probabilistic model (same budget), and
 ensemble of 5 probabilistic members: PSNR of the mean, coverage of central intervals on
 the test region before and after calibration. A synthetic case (widefield tubules from a
 recipe) repeats the probabilistic row with freshly generated calibration and test images.
-Writes ``benchmarks/results/uncertainty.json``.
+Writes ``benchmarks/results/uncertainty.json`` and ``uncertainty.png`` (a test slice: input,
+ensemble mean, truth, absolute error, calibrated 90 % interval width and disagreement D, plus
+the same slice with a patch of thin lines the networks never saw, and the reliability diagram).
 """
 
 from __future__ import annotations
@@ -65,6 +67,73 @@ def psnr(model, images, truths, axes) -> float:
     return float(np.mean([one(i, t) for i, t in zip(images, truths, strict=True)]))
 
 
+def ood_box(shape: tuple[int, int]) -> tuple[slice, slice]:
+    h, w = shape
+    return slice(h // 4, 3 * h // 4), slice(w // 3, w // 3 + h // 2)
+
+
+def ood_patch(truth: np.ndarray, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """``truth`` with a patch of thin parallel lines (structure no training image holds), and its noisy copy."""
+    from scipy.ndimage import gaussian_filter
+
+    from carekit.data.camera import poisson_gaussian, to_photons
+
+    out = truth.copy()
+    box = ood_box(truth.shape)
+    lines = np.zeros_like(out[box])
+    lines[:, ::5] = 1.0
+    out[box] = gaussian_filter(lines, 0.7) / gaussian_filter(lines, 0.7).max() * np.percentile(truth, 99.8)
+    noisy = poisson_gaussian(
+        to_photons(out, demo.PEAK_PHOTONS), np.random.default_rng(seed), read_sigma=demo.READ_NOISE
+    )
+    return out, noisy
+
+
+def trust_figure(ensemble, image: np.ndarray, truth: np.ndarray, report: dict, path: Path) -> dict:
+    """Restoration, error, interval width and D on a test slice and on its out-of-distribution copy.
+
+    Returns the mean D inside and outside the patch area, for both rows.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("test slice", image, truth), ("with unseen thin lines", *reversed(ood_patch(truth)))]
+    stats = {}
+    fig = plt.figure(figsize=(22, 3.4))
+    grid = fig.add_gridspec(2, 7, width_ratios=[1] * 6 + [0.45])
+    axes = [[fig.add_subplot(grid[r, c]) for c in range(6)] for r in range(2)]
+    for r, (label, x, t) in enumerate(rows):
+        dist = ensemble.predict_distribution(x, "YX")
+        lower, upper = dist.interval(0.9)
+        d = dist.disagreement()
+        inside = np.zeros(d.shape, bool)
+        inside[ood_box(d.shape)] = True
+        d_label = f"D: {d[inside].mean():.3f} in patch area, {d[~inside].mean():.3f} outside"
+        stats[label] = {"D in patch area": float(d[inside].mean()), "D outside": float(d[~inside].mean())}
+        panels = [("input", x, "magma"), ("ensemble mean", dist.mean, "magma"), ("ground truth", t, "magma"),
+                  ("|error|", np.abs(dist.mean - t), "viridis"), ("90 % interval width", upper - lower, "viridis"),
+                  (d_label, d, "inferno")]  # fmt: skip
+        for ax, (title, img, cmap) in zip(axes[r], panels, strict=True):
+            lo, hi = np.percentile(img, (0.5, 99.8))
+            ax.imshow(img, cmap=cmap, vmin=lo if cmap == "magma" else 0, vmax=hi if not title.startswith("D") else 1)
+            ax.set_title(f"{label}: {title}" if ax is axes[r][0] else title, fontsize=9)
+            ax.axis("off")
+    ax = fig.add_subplot(grid[:, 6])
+    ax.plot([0, 1], [0, 1], ":", color="gray")
+    for key in ("before", "after"):
+        ax.plot(LEVELS, [report[key][p] for p in LEVELS], "o-", label=f"{key} calibration")
+    ax.set_xlabel("nominal coverage", fontsize=8)
+    ax.set_ylabel("held-out coverage", fontsize=8)
+    ax.set_title("central intervals, ensemble of 5", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return stats
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-seconds", type=float, default=120.0)
@@ -95,6 +164,10 @@ def main(argv: list[str] | None = None) -> None:
         calibrate(ensemble, *calib, "SYX")
         rows["ensemble of 5"] = {"psnr": psnr(ensemble, *test, "SYX"), **held_out_coverage(ensemble, *test, "SYX")}
         rows["ensemble member 0"] = {"psnr": psnr(ensemble.members[0], *test, "SYX")}
+        RESULTS.mkdir(exist_ok=True)
+        figure = RESULTS / "uncertainty.png"
+        rows["ensemble of 5"]["disagreement"] = trust_figure(ensemble, test[0][0][0], test[1][0][0],
+                                                             rows["ensemble of 5"], figure)  # fmt: skip
 
         recipe = parse_recipe(RECIPE)
         synthetic = train_synthetic(recipe, Path(d) / "synthetic", probabilistic=True, **settings)
