@@ -25,15 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from isotropic_memory import peak_rss_gb
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def peak_rss_gb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
-    return float("nan")
 
 
 def folder_gb(path: Path) -> float:
