@@ -104,8 +104,9 @@ def trust_figure(ensemble, image: np.ndarray, truth: np.ndarray, report: dict, p
     fig = plt.figure(figsize=(22, 3.4))
     grid = fig.add_gridspec(2, 7, width_ratios=[1] * 6 + [0.45])
     axes = [[fig.add_subplot(grid[r, c]) for c in range(6)] for r in range(2)]
-    for r, (label, x, t) in enumerate(rows):
-        dist = ensemble.predict_distribution(x, "YX")
+    dists = [ensemble.predict_distribution(x, "YX") for _, x, _ in rows]
+    d_max = float(np.percentile(dists[1].disagreement(), 99.8))  # both D panels share one display range
+    for r, ((label, x, t), dist) in enumerate(zip(rows, dists, strict=True)):
         lower, upper = dist.interval(0.9)
         d = dist.disagreement()
         inside = np.zeros(d.shape, bool)
@@ -117,7 +118,7 @@ def trust_figure(ensemble, image: np.ndarray, truth: np.ndarray, report: dict, p
                   (d_label, d, "inferno")]  # fmt: skip
         for ax, (title, img, cmap) in zip(axes[r], panels, strict=True):
             lo, hi = np.percentile(img, (0.5, 99.8))
-            ax.imshow(img, cmap=cmap, vmin=lo if cmap == "magma" else 0, vmax=hi if not title.startswith("D") else 1)
+            ax.imshow(img, cmap=cmap, vmin=lo if cmap == "magma" else 0, vmax=d_max if title.startswith("D") else hi)
             ax.set_title(f"{label}: {title}" if ax is axes[r][0] else title, fontsize=9)
             ax.axis("off")
     ax = fig.add_subplot(grid[:, 6])
