@@ -281,7 +281,7 @@ def trainer_for(a: argparse.Namespace, common: dict):
 
 
 def run_predict(a: argparse.Namespace) -> None:
-    from carekit.io import list_images, prepare_output, read_spacing, read_with_axes, write_tiff
+    from carekit.io import prepare_output, read_spacing, read_with_axes, write_tiff
     from carekit.model import load
     from carekit.omezarr import is_zarr
     from carekit.package import is_package
@@ -293,19 +293,15 @@ def run_predict(a: argparse.Namespace) -> None:
 
         return run_predict_chunked(a)
     model = load(a.model)
-    inputs = list_images(a.input, role="--input")
-    folder = Path(a.input).is_dir()
-    out = Path(a.output)
-    if folder and out.suffix.lower() in (".tif", ".tiff"):
-        raise CarekitError(f"{a.input} is a folder, so --output must be a folder, not {out.name}")
-    targets = [out / f.name for f in inputs] if folder else [out]
-    heights: list = [None] * len(inputs)
+    if a.height_map and model.config.mode != "projection":
+        raise CarekitError(f"--height-map applies to projection models; {a.model} is a {model.config.mode} model")
+    pairs = input_output_pairs(a)
+    heights: list = [None] * len(pairs)
     if a.height_map:
-        if model.config.mode != "projection":
-            raise CarekitError(f"--height-map applies to projection models; {a.model} is a {model.config.mode} model")
-        heights = [Path(a.height_map) / f.name for f in inputs] if folder else [Path(a.height_map)]
-    for target in targets + [h for h in heights if h is not None]:
-        prepare_output(target, role="--output")
+        folder = Path(a.input).is_dir()
+        heights = [Path(a.height_map) / src.name if folder else Path(a.height_map) for src, _ in pairs]
+        for height in heights:
+            prepare_output(height, role="--output")
     memory = int(a.memory * 2**30) if a.memory else None
     options = {"n_tiles": a.n_tiles, "memory": memory, "device": a.device, "precision": a.precision}
     if a.tta:
@@ -323,7 +319,7 @@ def run_predict(a: argparse.Namespace) -> None:
             )
         options["factor"] = a.factor
     wants_distribution = bool(a.uncertainty or a.movie)
-    for src, dst, height_path in zip(inputs, targets, heights, strict=True):
+    for (src, dst), height_path in zip(pairs, heights, strict=True):
         image, axes = read_with_axes(src, a.axes, fallback=model.config.axes)
         spacing = model.output_spacing(read_spacing(src), a.factor)
         out_axes = model.output_axes(axes)
@@ -341,6 +337,7 @@ def run_predict(a: argparse.Namespace) -> None:
 
 
 def input_output_pairs(a: argparse.Namespace) -> list[tuple[Path, Path]]:
+    """``--input`` files with their ``--output`` paths (a folder maps to a folder), checked writable."""
     from carekit.io import list_images, prepare_output
 
     inputs = list_images(a.input, role="--input")
@@ -369,9 +366,10 @@ def run_package(a: argparse.Namespace) -> None:
     for src, dst in input_output_pairs(a):
         image, axes = read_with_axes(src, a.axes, fallback=package.spatial)
         restored, out_axes = package.predict(image, axes)
-        write_tiff(dst, restored[0], out_axes, spacing=read_spacing(src))
+        spacing = read_spacing(src)
+        write_tiff(dst, restored[0], out_axes, spacing=spacing)
         for extra, spec in zip(restored[1:], package.outputs[1:], strict=True):
-            write_tiff(dst.with_name(f"{dst.stem}_{spec.id}{dst.suffix}"), extra, out_axes, spacing=read_spacing(src))
+            write_tiff(dst.with_name(f"{dst.stem}_{spec.id}{dst.suffix}"), extra, out_axes, spacing=spacing)
         print(f"{src} -> {dst}")
 
 

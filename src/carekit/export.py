@@ -28,7 +28,7 @@ import torch
 from carekit import __version__
 from carekit.errors import CarekitError
 from carekit.io import atomic_path
-from carekit.model import CARE, state_dict_cpu
+from carekit.model import CARE, state_dict_cpu, unet_settings
 from carekit.nets import packaged, unet
 from carekit.nets.packaged import PackagedNet
 from carekit.normalize import PREDICT_PERCENTILES
@@ -50,10 +50,8 @@ def packaged_net(model: CARE) -> PackagedNet:
             f"export packages denoising and synthetic models; this is a {what} model. "
             "Export one ensemble member folder, or predict isotropic/projection models with carekit"
         )
-    c, n = model.config, model.config.net
-    kwargs = {"ndim": c.ndim, "in_channels": c.n_channel_in, "out_channels": c.n_channel_out, "depth": n.depth,
-              "n_first": n.n_first, "kernel_size": n.kernel_size, "n_conv": n.n_conv, "residual": n.residual,
-              "batch_norm": n.batch_norm, "probabilistic": n.probabilistic}  # fmt: skip
+    c = model.config
+    kwargs = {"ndim": c.ndim, "in_channels": c.n_channel_in, "out_channels": c.n_channel_out, **unet_settings(c)}
     imap = model.intensity_map
     net = PackagedNet(kwargs, list(imap.gain), list(imap.offset), *PREDICT_PERCENTILES)
     net.net.load_state_dict(state_dict_cpu(model.net))

@@ -33,9 +33,10 @@ HISTORY = "history.csv"
 CURVE = "training.png"
 
 
-def build_net(config: Config) -> torch.nn.Module:
+def unet_settings(config: Config) -> dict:
+    """The U-Net keyword settings of ``config`` (everything but dimensions and channel counts)."""
     n = config.net
-    unet = {
+    return {
         "depth": n.depth,
         "n_first": n.n_first,
         "kernel_size": n.kernel_size,
@@ -44,6 +45,10 @@ def build_net(config: Config) -> torch.nn.Module:
         "batch_norm": n.batch_norm,
         "probabilistic": n.probabilistic,
     }
+
+
+def build_net(config: Config) -> torch.nn.Module:
+    unet = unet_settings(config)
     if config.mode == "projection":
         from carekit.nets.projection import ProjectionNet
 
