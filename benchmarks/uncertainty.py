@@ -105,10 +105,10 @@ def trust_figure(ensemble, image: np.ndarray, truth: np.ndarray, report: dict, p
     grid = fig.add_gridspec(2, 7, width_ratios=[1] * 6 + [0.45])
     axes = [[fig.add_subplot(grid[r, c]) for c in range(6)] for r in range(2)]
     dists = [ensemble.predict_distribution(x, "YX") for _, x, _ in rows]
-    d_max = float(np.percentile(dists[1].disagreement(), 99.8))  # both D panels share one display range
-    for r, ((label, x, t), dist) in enumerate(zip(rows, dists, strict=True)):
+    ds = [dist.disagreement() for dist in dists]
+    d_max = float(np.percentile(ds[1], 99.8))  # both D panels share one display range
+    for r, ((label, x, t), dist, d) in enumerate(zip(rows, dists, ds, strict=True)):
         lower, upper = dist.interval(0.9)
-        d = dist.disagreement()
         inside = np.zeros(d.shape, bool)
         inside[ood_box(d.shape)] = True
         d_label = f"D: {d[inside].mean():.3f} in patch area, {d[~inside].mean():.3f} outside"

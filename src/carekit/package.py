@@ -131,10 +131,11 @@ class Package:
         raw = x.astype(np.float32)
         results: list[list[np.ndarray]] = [[] for _ in self.outputs]
         for sample in raw:  # one at a time: consumers' tensors carry one image per batch entry
-            tensor = process(to_package(sample[None], self.input.axes), self.input, raw_input=None)
+            unprocessed = to_package(sample[None], self.input.axes)
+            tensor = process(unprocessed, self.input, raw_input=None)
             outs = self.run(np.ascontiguousarray(tensor, np.float32))
             for k, (spec, out) in enumerate(zip(self.outputs, outs, strict=True)):
-                done = process(np.asarray(out), spec, raw_input=(to_package(sample[None], self.input.axes), self.input))
+                done = process(np.asarray(out), spec, raw_input=(unprocessed, self.input))
                 results[k].append(from_package(done, spec.axes))
         unfolded = [from_net(np.concatenate(r).astype(np.float32, copy=False), layout) for r in results]
         return [u[0] for u in unfolded], unfolded[0][1]

@@ -50,11 +50,11 @@ TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)
 NLL_BETA = 1.0
 
 
-def laplace_nll(pred: torch.Tensor, y: torch.Tensor, beta: float | None = None) -> torch.Tensor:
+def laplace_nll(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Negative log-likelihood of ``y`` under Laplace(mean, scale) stacked as ``pred = [mean, scale]``.
 
-    Each pixel's term is weighted by its scale to the power ``beta``, held constant for the
-    gradient (beta-NLL, Seitzer et al. 2022). The plain NLL (``beta = 0``) moves the mean by
+    Each pixel's term is weighted by its scale to the power :data:`NLL_BETA`, held constant for
+    the gradient (beta-NLL, Seitzer et al. 2022). The plain NLL (beta = 0) moves the mean by
     ``sign(error) / scale``, so pixels the network is already sure of (flat background)
     dominate and the mean learns more slowly than under MAE; with ``beta = 1`` the mean's
     gradient is exactly MAE's, while the scale's optimum stays the expected absolute error.
@@ -62,10 +62,7 @@ def laplace_nll(pred: torch.Tensor, y: torch.Tensor, beta: float | None = None) 
     c = y.shape[1]
     mean, scale = pred[:, :c].float(), pred[:, c:].float()
     nll = torch.abs(y - mean) / scale + torch.log(scale) + math.log(2.0)
-    beta = NLL_BETA if beta is None else beta
-    if beta:
-        nll = nll * scale.detach() ** beta
-    return torch.mean(nll)
+    return torch.mean(nll * scale.detach() ** NLL_BETA)
 
 
 def loss_function(name: str, probabilistic: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
