@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from carekit.nets.unet import UNet, count_parameters
+from carekit.nets.unet import UNet, count_parameters, fold_batch_norm
 
 
 def test_reference_2d_network_has_the_reference_size():
@@ -36,3 +36,28 @@ def test_anisotropic_pooling_keeps_z():
     net = UNet(3, 1, 1, n_first=4, kernel_size=3, pool=(1, 2, 2))
     assert net.divisor() == (1, 4, 4)
     assert net(torch.zeros(1, 1, 5, 8, 8)).shape == (1, 1, 5, 8, 8)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_folded_batch_norm_gives_the_same_output(ndim):
+    torch.manual_seed(0)
+    net = UNet(ndim, 1, 1, n_first=4, kernel_size=3, batch_norm=True, residual=False)
+    for module in net.modules():  # running statistics far from the identity, so folding is exercised
+        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 2)
+            module.bias.data.uniform_(-1, 1)
+    net.eval()
+    folded = fold_batch_norm(net)
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)) for m in folded.modules())
+    assert any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)) for m in net.modules())  # a copy
+    x = torch.randn((2, 1) + (8,) * ndim)
+    with torch.no_grad():
+        want, got = net(x), folded(x)
+    assert torch.allclose(want, got, atol=1e-5 * want.abs().max().item()), (want - got).abs().max()
+
+
+def test_folding_leaves_a_network_without_batch_norm_alone():
+    net = UNet(2, 1, 1, n_first=4)
+    assert fold_batch_norm(net) is net

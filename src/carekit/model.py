@@ -21,7 +21,7 @@ from carekit.config import Config
 from carekit.engine import Engine, choose_engine
 from carekit.errors import CarekitError
 from carekit.io import check_finite, read_json, write_atomic, write_json
-from carekit.nets.unet import UNet, count_parameters
+from carekit.nets.unet import UNet, count_parameters, fold_batch_norm
 from carekit.normalize import PREDICT_PERCENTILES, IntensityMap, denormalize, normalize, percentiles, scale_of
 from carekit.predict import predict_tiled
 from carekit.uncertainty import Laplace
@@ -85,6 +85,7 @@ class CARE:
         self.net = net if net is not None else build_net(config)
         self.directory = Path(directory) if directory is not None else None
         self._engine: Engine | None = None
+        self._inference: torch.nn.Module | None = None
 
     # -- description ----------------------------------------------------------
     @property
@@ -97,7 +98,8 @@ class CARE:
         c, n = self.config, self.config.net
         return (
             f"CARE {c.mode} model, {c.ndim}D U-Net: depth {n.depth}, {n.n_first} first features, "
-            f"kernel {n.kernel_size}, {'residual' if self.net.residual else 'no residual'}, "
+            f"kernel {n.kernel_size}, {'batch norm, ' if n.batch_norm else ''}"
+            f"{'residual' if self.net.residual else 'no residual'}, "
             f"{c.n_channel_in} -> {c.n_channel_out} channel(s); {count_parameters(self.net):,} parameters; "
             f"receptive-field halo {self.net.halo()} px; trained on axes {c.axes}"
         )
@@ -123,7 +125,20 @@ class CARE:
         if engine != self._engine:
             self.net = engine.prepare(self.net.eval())
             self._engine = engine
+            self._inference = None
         return engine
+
+    def weights_changed(self) -> None:
+        """Forget the inference copy of the network after its weights were replaced."""
+        self._engine = self._inference = None
+
+    @property
+    def inference_net(self) -> torch.nn.Module:
+        """The network for prediction: batch norms folded into convolutions, on the engine's device."""
+        if self._inference is None:
+            net = fold_batch_norm(self.net.eval())
+            self._inference = self._engine.prepare(net) if self._engine is not None else net
+        return self._inference
 
     def predict(self, image: np.ndarray, axes: str | None = None, **options) -> np.ndarray:
         """Restore ``image`` and return float32 intensities in the same axes order.
@@ -184,7 +199,7 @@ class CARE:
     ):
         """Tiled network output for normalised ``x`` (mean, then scale channels if probabilistic)."""
         return predict_tiled(
-            forward or self.net,
+            forward or self.inference_net,
             x,
             engine,
             grid=self.net.divisor(),

@@ -365,6 +365,7 @@ class Trainer:
             save_weights(self.dir / WEIGHTS, self.net)
         training_curve(self.history, self.dir / CURVE)
         load_weights(self.dir / WEIGHTS, self.care.net)
+        self.care.weights_changed()
 
     # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> None:

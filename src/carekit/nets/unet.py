@@ -8,11 +8,13 @@ defaults (depth 2, 32 first features, kernel 5 in 2D) it has 922,977 parameters.
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 POOL = {2: F.max_pool2d, 3: F.max_pool3d}
@@ -157,6 +159,25 @@ class UNet(nn.Module):
             for level in range(self.depth + 1)
         )
         return int(4 * (per_level + 4))
+
+
+def fold_batch_norm(net: nn.Module) -> nn.Module:
+    """An inference copy of ``net`` with every batch norm folded into the convolution before it.
+
+    Returns ``net`` itself when it has no batch norm. Outputs match the unfolded network in
+    eval mode up to float rounding, one pass over memory per layer cheaper.
+    """
+    if not any(isinstance(m, tuple(NORM.values())) for m in net.modules()):
+        return net
+    net = copy.deepcopy(net).eval()
+    for block in net.modules():
+        if not isinstance(block, nn.Sequential):
+            continue
+        for i in range(len(block) - 1):
+            if isinstance(block[i], tuple(CONV.values())) and isinstance(block[i + 1], tuple(NORM.values())):
+                block[i] = fuse_conv_bn_eval(block[i], block[i + 1])
+                block[i + 1] = nn.Identity()
+    return net
 
 
 def count_parameters(net: nn.Module) -> int:
