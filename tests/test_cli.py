@@ -160,3 +160,11 @@ def test_incompatible_model_version(model_dir, tmp_path, capsys):
 def test_missing_model_folder(tmp_path, capsys):
     err = error_of(capsys, ["info", "--model", str(tmp_path / "nope")])
     assert "no such model folder" in err
+
+
+def test_train_flags_choose_the_paper_network(folders, tmp_path):
+    out = tmp_path / "paper"
+    assert main(["train", "--low", str(folders / "low"), "--high", str(folders / "high"), "--axes", "YX",
+                 "--model", str(out), *FAST, "--no-batch-norm", "--residual", "--epochs", "1"]) == 0  # fmt: skip
+    net = json.loads((out / "config.json").read_text())["net"]
+    assert (net["batch_norm"], net["residual"]) == (False, True)

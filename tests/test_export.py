@@ -27,7 +27,7 @@ def model2d(tmp_path_factory):
     clean = blobs((96, 96), seed=3)
     low, high = noisy(clean), clean * 800 + 100  # targets in other units: the de-normalisation matters
     folder = tmp_path_factory.mktemp("export") / "nuclei"
-    return carekit.train(low, high, axes="YX", model_dir=folder, epochs=1, steps_per_epoch=5, patch_size=(32, 32),
+    return carekit.train(low, high, axes="YX", model_dir=folder, epochs=1, steps_per_epoch=30, patch_size=(32, 32),
                          progress=False, **TINY)  # fmt: skip
 
 

@@ -99,3 +99,22 @@ def test_resume_without_checkpoint(tmp_path):
 def test_unknown_setting():
     with pytest.raises(CarekitError, match="unknown setting"):
         carekit.train(np.zeros((64, 64)), np.zeros((64, 64)), "YX", "unused", kernal_size=3)
+
+
+def test_default_networks_by_mode():
+    from carekit.config import Config, NetConfig
+
+    plain = Config(axes="YX")
+    assert (plain.net.kernel_size, plain.net.batch_norm, plain.net.residual) == (3, True, False)
+    assert (plain.train.patch_size, plain.train.batch_size) == ((96, 96), 8)
+    assert Config(axes="ZYX").train.patch_size == (16, 64, 64)
+    prob = Config(axes="YX", net=NetConfig(probabilistic=True))  # keeps the CARE paper's network
+    assert (prob.net.kernel_size, prob.net.batch_norm, prob.net.residual) == (5, False, True)
+    assert prob.train.patch_size == (96, 96)
+    chosen = Config(axes="YX", net=NetConfig(kernel_size=5, batch_norm=False), train={"batch_size": 4})
+    assert (chosen.net.kernel_size, chosen.net.batch_norm, chosen.net.residual, chosen.train.batch_size) == (
+        5,
+        False,
+        False,
+        4,
+    )

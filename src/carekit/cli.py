@@ -114,7 +114,17 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--learning-rate", type=float)
     t.add_argument("--loss", choices=["mae", "mse"])
-    t.add_argument("--kernel-size", type=int, help="default 5 in 2D, 3 in 3D")
+    t.add_argument(
+        "--kernel-size", type=int, help="denoising default 3; other modes and --probabilistic: 5 in 2D, 3 in 3D"
+    )
+    t.add_argument(
+        "--batch-norm",
+        action=argparse.BooleanOptionalAction,
+        help="batch normalisation after convolutions (denoising default: on)",
+    )
+    t.add_argument(
+        "--residual", action=argparse.BooleanOptionalAction, help="add the input to the output (denoising default: off)"
+    )
     t.add_argument("--depth", type=int, help="pooling steps of the U-Net (default 2)")
     t.add_argument("--n-first", type=int, help="features of the first level (default 32)")
     t.add_argument("--validation-fraction", type=float)
@@ -204,6 +214,8 @@ TRAIN_SETTINGS = (
     "learning_rate",
     "loss",
     "kernel_size",
+    "batch_norm",
+    "residual",
     "depth",
     "n_first",
     "validation_fraction",

@@ -31,24 +31,42 @@ def default_spatial(axes: str) -> str:
     return "ZYX" if "Z" in axes.upper() else "YX"
 
 
+# Plain denoising defaults: at equal training time on the demo, kernel 3 with batch
+# normalisation and no residual restores better than the CARE paper's network. Probabilistic
+# models keep the paper's network: with these settings an ensemble's disagreement separated
+# unseen structure less clearly in tests.
+FAST_DENOISE = {"kernel_size": 3, "batch_norm": True, "residual": False}
+
+
+def reference_net(ndim: int) -> dict[str, Any]:
+    """The CARE paper's network settings: kernel 5 in 2D and 3 in 3D, residual, no batch norm."""
+    return {"kernel_size": 5 if ndim == 2 else 3, "batch_norm": False, "residual": True}
+
+
 @dataclass
 class NetConfig:
-    """The U-Net. ``kernel_size`` None means the reference default: 5 in 2D, 3 in 3D.
+    """The U-Net. ``kernel_size``, ``batch_norm`` and ``residual`` left None take the mode's default.
 
-    ``probabilistic`` adds a Laplace scale head (trained by negative log-likelihood).
+    Plain (not probabilistic) denoising defaults to kernel 3, batch normalisation and no
+    residual (``FAST_DENOISE``); other modes and probabilistic models to the CARE paper's
+    network (``reference_net``). ``residual`` adds the
+    input back only when channel counts match. ``probabilistic`` adds a Laplace scale head
+    (trained by negative log-likelihood).
     """
 
     depth: int = 2
     n_first: int = 32
     kernel_size: int | None = None
     n_conv: int = 2
-    residual: bool = True
-    batch_norm: bool = False
+    residual: bool | None = None
+    batch_norm: bool | None = None
     probabilistic: bool = False
 
-    def resolved(self, ndim: int) -> NetConfig:
-        kernel = self.kernel_size if self.kernel_size is not None else (5 if ndim == 2 else 3)
-        out = NetConfig(**{**asdict(self), "kernel_size": kernel})
+    def resolved(self, ndim: int, mode: str = "denoise") -> NetConfig:
+        fast = mode == "denoise" and not self.probabilistic
+        defaults = FAST_DENOISE if fast else reference_net(ndim)
+        chosen = {k: v if (v := getattr(self, k)) is not None else d for k, d in defaults.items()}
+        out = NetConfig(**{**asdict(self), **chosen})
         out.validate()
         return out
 
@@ -62,9 +80,18 @@ class NetConfig:
         _require(self.n_conv >= 1, f"n_conv must be at least 1, got {self.n_conv}")
 
 
+def default_patches(ndim: int, mode: str) -> tuple[tuple[int, ...], int]:
+    """Patch size and batch size by default. For 2D denoising, fewer but larger patches
+    restored better at equal training time on the demo (same pixels per step)."""
+    if ndim == 3:
+        return (16, 64, 64), 16
+    return ((96, 96), 8) if mode == "denoise" else ((64, 64), 16)
+
+
 @dataclass
 class TrainConfig:
-    """How training runs. ``patch_size`` None means 64x64 in 2D and 16x64x64 in 3D.
+    """How training runs. ``patch_size`` and ``batch_size`` None take the defaults of
+    ``default_patches``: 8 patches of 96x96 for 2D denoising, else 16 of 64x64 (2D) or 16x64x64 (3D).
 
     ``lr_schedule``: ``"plateau"`` halves the learning rate after ``lr_patience`` epochs
     without validation improvement; ``"cosine"`` decays it smoothly to zero over the
@@ -74,7 +101,7 @@ class TrainConfig:
     loss: str = "mae"
     epochs: int = 100
     steps_per_epoch: int = 400
-    batch_size: int = 16
+    batch_size: int | None = None
     learning_rate: float = 4e-4
     lr_schedule: str = "plateau"
     lr_patience: int = 10
@@ -92,16 +119,19 @@ class TrainConfig:
             self.patch_size = tuple(int(p) for p in self.patch_size)
         self.validate()
 
-    def resolved(self, ndim: int) -> TrainConfig:
-        patch = self.patch_size or ((64, 64) if ndim == 2 else (16, 64, 64))
+    def resolved(self, ndim: int, mode: str = "denoise") -> TrainConfig:
+        default_patch, default_batch = default_patches(ndim, mode)
+        patch = self.patch_size or default_patch
         _require(len(patch) == ndim, f"patch size {patch} needs {ndim} entries for a {ndim}D network")
-        return TrainConfig(**{**asdict(self), "patch_size": tuple(patch)})
+        batch = self.batch_size or default_batch
+        return TrainConfig(**{**asdict(self), "patch_size": tuple(patch), "batch_size": batch})
 
     def validate(self) -> None:
         _require(self.loss in LOSSES, f"loss '{self.loss}' is unknown; use one of {', '.join(LOSSES)}")
         _require(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         _require(self.steps_per_epoch >= 1, f"steps per epoch must be at least 1, got {self.steps_per_epoch}")
-        _require(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
+        batch = self.batch_size
+        _require(batch is None or batch >= 1, f"batch size must be at least 1, got {batch}")
         _require(self.learning_rate > 0, f"learning rate must be positive, got {self.learning_rate}")
         _require(
             self.lr_schedule in SCHEDULES, f"lr schedule '{self.lr_schedule}' is unknown; use {', '.join(SCHEDULES)}"
@@ -195,8 +225,8 @@ class Config:
         if self.mode == "projection":
             _require(self.projection is not None, "projection models need projection settings")
             _require("Z" in self.axes and self.spatial == "YX", "projection models take Z stacks to YX images")
-        self.net = self.net.resolved(self.ndim)
-        self.train = self.train.resolved(self.ndim)
+        self.net = self.net.resolved(self.ndim, self.mode)
+        self.train = self.train.resolved(self.ndim, self.mode)
 
     @property
     def ndim(self) -> int:
