@@ -35,9 +35,11 @@ class ClockedTrainer(Trainer):
 
 
 def model_config(job: dict, **train) -> Config:
-    """The comparison network: depth 2, 32 first features, the job's kernel (None: carekit's default)."""
+    """The comparison network (the peers' CARE network): depth 2, 32 first features, residual, no
+    batch norm, the job's kernel."""
     axes = "ZYX" if job["ndim"] == 3 else "YX"
-    return Config(axes=axes, net={"depth": 2, "n_first": 32, "kernel_size": job.get("kernel")}, train=train)
+    net = {"depth": 2, "n_first": 32, "kernel_size": job.get("kernel"), "batch_norm": False, "residual": True}
+    return Config(axes=axes, net=net, train=train)
 
 
 def train_speed(job: dict) -> dict:
