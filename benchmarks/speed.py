@@ -4,8 +4,8 @@
     python benchmarks/speed.py --quick    # smaller sizes, for a smoke test
 
 Prints a table and writes ``benchmarks/results/speed-<device>.json``. Rows:
-- training ms/step of the default 2D network (batch 16, 64x64 patches), optimizer step
-  only and the whole loop (patch sampling in its background thread included);
+- training ms/step of the default 2D network (batch 16, 64x64 patches; also the CARE paper's
+  kernel-5 network), optimizer step only and the whole loop (patch sampling in its background thread included);
 - prediction throughput of the default 2D network on 2048x2048 and of the default 3D
   network on 64x512x512 (normalisation, tiling and de-normalisation included);
 - the PSNR gap between the fast default and float32 on the demo data, with one model
@@ -35,12 +35,13 @@ from carekit.model import CARE
 from carekit.train import Trainer
 
 RESULTS = Path(__file__).parent / "results"
+PAPER_NET = {"kernel_size": 5, "batch_norm": False, "residual": True}  # the CARE paper's 2D network
 
 
-def step_ms(precision: str, steps: int, kernel: int = 5) -> float:
-    """Optimizer steps alone: batch 16 of 64x64 patches already in memory."""
+def step_ms(precision: str, steps: int, net: dict | None = None) -> float:
+    """Optimizer steps alone: batch 16 of 64x64 patches already in memory (default network unless ``net``)."""
     torch.manual_seed(0)
-    care = CARE(Config(axes="YX", net={"kernel_size": kernel}))
+    care = CARE(Config(axes="YX", net=net or {}))
     rng = np.random.default_rng(0)
     img = rng.gamma(2, 1, (1, 256, 256)).astype(np.float32)
     sampler = PatchSampler([ImagePair("r", img, img)], (64, 64), val_fraction=0.0, threshold=0.0)
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     for p in precisions:
         torch.manual_seed(0)
         row = {"precision": p, "train_step_ms": step_ms(p, 5 if a.quick else 20)}
+        row["train_step_ms_paper_net"] = step_ms(p, 5 if a.quick else 20, PAPER_NET)
         row["train_loop_ms"] = loop_ms(p, 10 if a.quick else 30)
         row["predict_2d_mpx_s"] = predict_mvox_s(CARE(Config(axes="YX")), shape2d, "YX", p)
         row["predict_3d_mvox_s"] = predict_mvox_s(CARE(Config(axes="ZYX")), shape3d, "ZYX", p)
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'':34s}" + "".join(f"{p:>12s}" for p in precisions))
     labels = {
         "train_step_ms": "train ms/step (batch 16, 64x64)",
+        "train_step_ms_paper_net": "  same, the paper's kernel-5 network",
         "train_loop_ms": "train loop ms/step (with sampling)",
         "predict_2d_mpx_s": f"predict 2D {'x'.join(map(str, shape2d))} Mpx/s",
         "predict_3d_mvox_s": f"predict 3D {'x'.join(map(str, shape3d))} Mvox/s",
