@@ -49,9 +49,8 @@ class NetConfig:
 
     Plain (not probabilistic) denoising defaults to kernel 3, batch normalisation and no
     residual (``FAST_DENOISE``); other modes and probabilistic models to the CARE paper's
-    network (``reference_net``). ``residual`` adds the
-    input back only when channel counts match. ``probabilistic`` adds a Laplace scale head
-    (trained by negative log-likelihood).
+    network (``reference_net``). ``residual`` adds the input back only when channel counts
+    match. ``probabilistic`` adds a Laplace scale head (trained by negative log-likelihood).
     """
 
     depth: int = 2
