@@ -47,6 +47,11 @@ class Engine:
         return DTYPES.get(self.precision)
 
     @property
+    def activation_scale(self) -> float:
+        """Activation memory relative to float32: half in bfloat16/float16 autocast."""
+        return 0.5 if self.autocast_dtype is not None else 1.0
+
+    @property
     def channels_last(self) -> bool:
         return self.precision != "float32" or self.device.type == "cuda"
 
