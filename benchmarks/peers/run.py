@@ -7,7 +7,7 @@
 The peers run in their own virtual environments (created under ``--venvs`` when missing, never
 among carekit's dependencies); every job runs in a fresh worker process of its tool, one after
 the other. Prints the tables and writes ``benchmarks/results/peers.json`` and ``peers.md``
-(``peers-quick.*`` with ``--quick``).
+(``peers-quick.*`` with ``--quick``; ``peers-<workloads>-<tools>.*`` for a partial run).
 """
 
 from __future__ import annotations
@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     text = render(summary, a.tools)
     print("\n" + text)
     RESULTS.mkdir(exist_ok=True)
-    name = "peers-quick" if a.quick else "peers"
+    full = set(a.only) == set(WORKLOADS) and set(a.tools) == set(TOOLS)
+    name = "peers-quick" if a.quick else "peers" if full else "-".join(["peers", *a.only, *a.tools])
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     (RESULTS / f"{name}.md").write_text(text)
     print(f"wrote {RESULTS / name}.json and .md")
