@@ -10,7 +10,8 @@ import zarr
 
 from carekit import chunked
 from carekit.axes import to_net
-from carekit.chunked import Plan, restore_chunked
+from carekit.blocks import Plan, window_bytes_per_voxel
+from carekit.chunked import restore_chunked
 from carekit.cli import main
 from carekit.config import Config, NetConfig
 from carekit.errors import CarekitError
@@ -39,7 +40,7 @@ def read(path):
 
 def block_memory(model: CARE, core: int, ndim: int, channels: int = 1) -> int:
     """A budget for block windows of ``core`` pixels plus halo along each axis (uint16 or float32 input)."""
-    return chunked.window_bytes_per_voxel(model, channels, 4) * (core + 2 * model.net.halo()[0]) ** ndim
+    return window_bytes_per_voxel(model, channels, 4) * (core + 2 * model.net.halo()[0]) ** ndim
 
 
 @pytest.fixture(scope="module")
