@@ -38,8 +38,7 @@ VARIANTS = {
 
 
 def run(name: str, seed: int, seconds: float, photons: float) -> dict:
-    demo.PEAK_PHOTONS = photons
-    truth, noisy = demo.make_data()
+    truth, noisy = demo.make_data(photons=photons)
     test = (demo.TEST_SLICES, demo.TEST_ROWS)
     with tempfile.TemporaryDirectory() as d:
         model = train(noisy[:, demo.TRAIN_ROWS], truth[:, demo.TRAIN_ROWS], "SYX", Path(d) / "m",

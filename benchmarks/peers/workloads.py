@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from carekit import demo
-from carekit.data.camera import poisson_gaussian, to_photons
 
 KERNEL3_ONLY = {"careamics"}  # CAREamics' U-Net has 3x3 kernels only
 
@@ -97,16 +96,9 @@ class QualityData:
     test_noisy: np.ndarray
 
 
-def degrade(photons: float) -> tuple[np.ndarray, np.ndarray]:
-    """Ground truth and noisy input as ``carekit.demo.make_data``, at ``photons`` peak photons."""
-    truth = demo.sample_volume()[demo.SLICES].astype(np.float32)
-    rng = np.random.default_rng(demo.SEED)
-    return truth, poisson_gaussian(to_photons(truth, photons), rng, read_sigma=demo.READ_NOISE)
-
-
 def quality_data(photons: float, folder: Path) -> QualityData:
     """Write the training rows and the test region of one photon level into ``folder``."""
-    truth, noisy = degrade(photons)
+    truth, noisy = demo.make_data(photons=photons)
     test = (demo.TEST_SLICES, demo.TEST_ROWS)
     files = {name: folder / f"p{photons:g}-{name}.npy" for name in ("train_low", "train_high", "test_low")}
     np.save(files["train_low"], noisy[:, demo.TRAIN_ROWS].astype(np.float32))

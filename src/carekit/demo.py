@@ -45,10 +45,10 @@ def sample_volume() -> np.ndarray:
     return volume
 
 
-def make_data(seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Ground truth and low-SNR input, both ``(40, 192, 192)`` float32."""
+def make_data(seed: int = SEED, photons: float = PEAK_PHOTONS) -> tuple[np.ndarray, np.ndarray]:
+    """Ground truth and low-SNR input at ``photons`` peak photons, both ``(40, 192, 192)`` float32."""
     truth = sample_volume()[SLICES].astype(np.float32)
-    noisy = poisson_gaussian(to_photons(truth, PEAK_PHOTONS), np.random.default_rng(seed), read_sigma=READ_NOISE)
+    noisy = poisson_gaussian(to_photons(truth, photons), np.random.default_rng(seed), read_sigma=READ_NOISE)
     return truth, noisy
 
 
