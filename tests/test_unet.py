@@ -61,3 +61,45 @@ def test_folded_batch_norm_gives_the_same_output(ndim):
 def test_folding_leaves_a_network_without_batch_norm_alone():
     net = UNet(2, 1, 1, n_first=4)
     assert fold_batch_norm(net) is net
+
+
+def outputs_and_gradients(net: UNet, x: torch.Tensor, phase: bool) -> list[torch.Tensor]:
+    net.zero_grad()
+    net.phase_upsampling = phase
+    y = net(x)
+    y.pow(2).sum().backward()
+    return [y.detach()] + [p.grad.clone() for p in net.parameters()]
+
+
+@pytest.mark.parametrize(
+    ("ndim", "kernel", "pool", "batch_norm"),
+    [(2, 3, None, True), (2, 5, None, False), (2, 7, None, False), (3, 3, None, False), (3, 3, (1, 2, 2), True)],
+)
+def test_phase_upsampling_equals_upsample_then_concat(ndim, kernel, pool, batch_norm):
+    torch.manual_seed(0)
+    net = UNet(ndim, 2, 1, n_first=4, kernel_size=kernel, pool=pool, batch_norm=batch_norm, residual=False).double()
+    assert net.phase_plans is not None
+    shape = (2, 2, 12, 20) if ndim == 2 else (2, 2, 8, 12, 16)
+    x = torch.randn(shape, dtype=torch.float64)
+    plain = outputs_and_gradients(net, x, phase=False)
+    phase = outputs_and_gradients(net, x, phase=True)
+    for want, got in zip(plain, phase, strict=True):  # the output, then every parameter's gradient
+        assert torch.allclose(want, got, rtol=1e-9, atol=1e-9 * want.abs().max().item())
+
+
+def test_phase_upsampling_in_bfloat16_channels_last_is_as_accurate_as_plain():
+    torch.manual_seed(0)
+    net = UNet(2, 1, 1, n_first=8, kernel_size=3, residual=False).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    exact = outputs_and_gradients(net, x, phase=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain, phase = (outputs_and_gradients(net, x, phase=p) for p in (False, True))
+    for want, a, b in zip(exact, plain, phase, strict=True):
+        err_plain, err_phase = ((t.float() - want).norm() / want.norm() for t in (a, b))
+        assert err_phase < max(1.5 * err_plain, 0.005), (err_phase, err_plain)  # bfloat16 rounding, not a bug
+
+
+def test_pooling_that_phases_cannot_express_falls_back_to_plain_upsampling():
+    net = UNet(2, 1, 1, n_first=4, kernel_size=3, pool=(3, 3))
+    assert net.phase_plans is None
+    assert net(torch.zeros(1, 1, 18, 18)).shape == (1, 1, 18, 18)

@@ -60,6 +60,7 @@ class PackagedNet(nn.Module):
         super().__init__()
         self.kwargs = {"unet": dict(unet), "gain": list(gain), "offset": list(offset), "low": low, "high": high}
         self.net = UNet(**unet)
+        self.net.phase_upsampling = False  # plain operators: traceable, exportable to ONNX
         self.low, self.high = float(low), float(high)
         self.grid = list(self.net.divisor())
         self.n_out = int(unet["out_channels"])

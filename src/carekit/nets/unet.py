@@ -4,12 +4,22 @@ Two 'same'-padded conv+ReLU layers per level, 2x max-pooling, nearest upsampling
 concatenated skips; features ``n_first * 2**level``; a linear 1x1 output layer; the
 input is added back when input and output channel counts match. With the reference
 defaults (depth 2, 32 first features, kernel 5 in 2D) it has 922,977 parameters.
+
+The first convolution after each upsampling reads ``[upsampled, skip]``. It is computed
+without building either tensor: a convolution of a nearest-upsampled image equals, at each
+output phase (position modulo the pooling factor), a smaller convolution of the
+low-resolution image with summed taps. So the upsampled half runs at low resolution with
+``ceil``-sized kernels (2 instead of 3 taps per axis for kernel 3, 3 instead of 5 for kernel
+5), and the skip half is a plain convolution added in. The weights are those of the
+ordinary convolution; outputs and gradients are the same up to float rounding.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
+import math
 
 import torch
 from torch import nn
@@ -17,6 +27,7 @@ from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+CONV_F = {2: F.conv2d, 3: F.conv3d}
 POOL = {2: F.max_pool2d, 3: F.max_pool3d}
 NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 SCALE_FLOOR = 1e-3  # smallest Laplace scale, in normalised intensity units
@@ -31,6 +42,90 @@ def conv_block(ndim: int, widths: list[int], kernel: tuple[int, ...], batch_norm
             layers.append(NORM[ndim](cout))
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
+
+
+@functools.lru_cache
+def phase_taps(p: int, k: int) -> tuple[tuple, int, int] | None:
+    """How nearest upsampling by ``p`` followed by a kernel-``k`` convolution reads the low-res image.
+
+    Output ``i = p*m + a`` (phase ``a``) reads low-res ``m + (a + d - k//2) // p`` at tap ``d``.
+    Returns ``(taps, pad, delta)``: ``taps[a][t][d]`` is 1 where tap ``d`` of phase ``a`` lands
+    on phase tap ``t``; a convolution with ``len(taps[0])`` taps and padding ``pad`` gives
+    phase ``a`` at outputs ``m + a*delta``. None where the phases do not line up that way.
+    """
+    r = k // 2
+    offsets = [[(a + d - r) // p for d in range(k)] for a in range(p)]
+    lo = [min(o) for o in offsets]
+    n_taps = max(max(o) - min(o) + 1 for o in offsets)
+    pad = -lo[0]
+    shift = [low - lo[0] for low in lo]
+    delta = shift[1] if p > 1 else 0
+    if shift != [a * delta for a in range(p)] or shift[-1] > 2 * pad - n_taps + 1:
+        return None
+    taps = tuple(
+        tuple(tuple(int(o - low == t) for o in offs) for t in range(n_taps))
+        for offs, low in zip(offsets, lo, strict=True)
+    )
+    return taps, pad, delta
+
+
+def phase_split(t: torch.Tensor, pool: tuple[int, ...]) -> torch.Tensor:
+    """View ``(N, C, *S)`` as ``(N, S_1/p_1, p_1, ..., C)`` (a view in any memory layout)."""
+    for i, p in enumerate(pool):
+        t = t.unflatten(2 + 2 * i, (t.shape[2 + 2 * i] // p, p))
+    return t.movedim(1, -1)
+
+
+class PhaseAdd(torch.autograd.Function):
+    """``skip_part`` plus the phase convolution's output, interleaved back to full resolution."""
+
+    @staticmethod
+    def forward(ctx, skip_part, phases, pool, delta):
+        spec = phase_view(phases, skip_part.shape, pool, delta)
+        ctx.spec, ctx.pool = (phases.shape, phases.stride(), phases.dtype, phases.device, *spec), pool
+        out = torch.empty_like(skip_part, dtype=torch.promote_types(skip_part.dtype, phases.dtype))
+        torch.add(phase_split(skip_part, pool), phases.as_strided(*spec), out=phase_split(out, pool))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        shape, stride, dtype, device, size, view_stride, offset = ctx.spec
+        grad_phases = torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_()
+        grad_phases.as_strided(size, view_stride, offset).copy_(phase_split(grad, ctx.pool))
+        return grad, grad_phases, None, None
+
+
+def phase_view(phases: torch.Tensor, out_shape, pool, delta) -> tuple:
+    """``as_strided`` arguments that read ``phases`` as ``(N, M_1, p_1, ..., C)``."""
+    n_out = out_shape[1]
+    s_n, s_c, *s_space = phases.stride()
+    size, stride = [out_shape[0]], [s_n]
+    for i, (p, d, s) in enumerate(zip(pool, delta, s_space, strict=True)):
+        s_phase = n_out * s_c * math.prod(pool[i + 1 :])
+        size += [out_shape[2 + i] // p, p]
+        stride += [s, s * d + s_phase]
+    return (*size, n_out), (*stride, s_c), phases.storage_offset()
+
+
+def upsample_concat_conv(h: torch.Tensor, skip: torch.Tensor, conv: nn.Module, pool, plans) -> torch.Tensor:
+    """``conv(cat([nearest_upsample(h, pool), skip]))``, with the upsampled half run at low resolution."""
+    ndim, n_up = h.ndim - 2, h.shape[1]
+    w = conv.weight
+    with torch.autocast(h.device.type, enabled=False):
+        kernel = w[:, :n_up]
+        for taps, _, _ in plans:  # contract one original spatial axis per step
+            kernel = torch.tensordot(kernel, torch.tensor(taps, dtype=w.dtype, device=w.device), dims=([2], [2]))
+        # (O, I, p_1, T_1, ..., p_n, T_n) -> (p_1 ... p_n, O, I, T_1 ... T_n)
+        order = [2 + 2 * i for i in range(ndim)] + [0, 1] + [3 + 2 * i for i in range(ndim)]
+        kernel = kernel.permute(order).flatten(0, ndim)
+    layout = torch.channels_last_3d if ndim == 3 else torch.channels_last
+    if not skip.is_contiguous(memory_format=layout):
+        layout = torch.contiguous_format
+    kernel = kernel.contiguous(memory_format=layout)
+    skip_w = w[:, n_up:].contiguous(memory_format=layout)
+    phases = CONV_F[ndim](h, kernel, padding=tuple(pad for _, pad, _ in plans))
+    skip_part = CONV_F[ndim](skip, skip_w, conv.bias, padding=conv.padding)
+    return PhaseAdd.apply(skip_part, phases, pool, tuple(delta for _, _, delta in plans))
 
 
 class UNet(nn.Module):
@@ -104,6 +199,9 @@ class UNet(nn.Module):
         self.head = CONV[ndim](self.features, out_channels, 1)
         self.probabilistic = probabilistic
         self.scale_head = CONV[ndim](self.features, out_channels, 1) if probabilistic else None
+        plans = [phase_taps(p, k) for p, k in zip(self.pool, self.kernel, strict=True)]
+        self.phase_plans = None if None in plans else plans
+        self.phase_upsampling = True  # False: plain upsample + concat (for tracing and export)
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature maps, before the 1x1 output layer."""
@@ -115,8 +213,11 @@ class UNet(nn.Module):
             h = POOL[self.ndim](h, self.pool)
         h = self.bottom(h)
         for block, skip in zip(self.up, reversed(skips), strict=True):
-            h = F.interpolate(h, scale_factor=self.pool, mode="nearest")
-            h = block(torch.cat([h, skip], dim=1))
+            if self.phase_upsampling and self.phase_plans is not None:
+                h = block[1:](upsample_concat_conv(h, skip, block[0], self.pool, self.phase_plans))
+            else:
+                h = F.interpolate(h, scale_factor=self.pool, mode="nearest")
+                h = block(torch.cat([h, skip], dim=1))
         return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
