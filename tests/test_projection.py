@@ -14,8 +14,9 @@ from carekit.nets.projection import ProjectionNet
 from carekit.predict import predict_tiled
 from carekit.projection import train_projection
 
-# the 3D projection part is the cost: keep it small, and learn fast
-FAST = {**TINY, "proj_features": 4, "batch_size": 4, "learning_rate": 4e-3, "epochs": 6, "steps_per_epoch": 40}
+# the 3D projection part is the cost: keep it small, and learn fast (with 4 features it learnt
+# the surface in only some of 6 training seeds; with 8, in all of them, 4.8-5.7 dB over max)
+FAST = {**TINY, "proj_features": 8, "batch_size": 4, "learning_rate": 4e-3, "epochs": 6, "steps_per_epoch": 40}
 
 
 def tilted(shape=(16, 64, 80), slope=0.1, offset=3.0):

@@ -76,6 +76,22 @@ def phase_split(t: torch.Tensor, pool: tuple[int, ...]) -> torch.Tensor:
     return t.movedim(1, -1)
 
 
+def max_pool(x: torch.Tensor, pool: tuple[int, ...]) -> torch.Tensor:
+    """Max pooling by ``pool``; without gradients, as elementwise maxima of strided slices.
+
+    In bfloat16 channels-last that is ~5x faster than the pooling kernel on large tiles.
+    Training keeps the pooling kernel (its backward routes each gradient to one input).
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return POOL[x.ndim - 2](x, pool)
+    for axis, p in enumerate(pool, start=2):
+        if p > 1:
+            whole = x.narrow(axis, 0, x.shape[axis] - x.shape[axis] % p)
+            parts = [whole[(slice(None),) * axis + (slice(a, None, p),)] for a in range(p)]
+            x = functools.reduce(torch.maximum, parts)
+    return x
+
+
 class PhaseAdd(torch.autograd.Function):
     """``skip_part`` plus the phase convolution's output, interleaved back to full resolution."""
 
@@ -84,8 +100,12 @@ class PhaseAdd(torch.autograd.Function):
         spec = phase_view(phases, skip_part.shape, pool, delta)
         ctx.spec, ctx.pool = (phases.shape, phases.stride(), phases.dtype, phases.device, *spec), pool
         out = torch.empty_like(skip_part, dtype=torch.promote_types(skip_part.dtype, phases.dtype))
-        torch.add(phase_split(skip_part, pool), phases.as_strided(*spec), out=phase_split(out, pool))
-        return out
+        dst, src = phase_split(out, pool), phases.as_strided(*spec)
+        # one copy per phase, then a dense add: ~3x faster than one add over the strided view
+        for phase in itertools.product(*(range(p) for p in pool)):
+            index = (slice(None), *itertools.chain.from_iterable((slice(None), a) for a in phase))
+            dst[index].copy_(src[index])
+        return out.add_(skip_part)
 
     @staticmethod
     def backward(ctx, grad):
@@ -210,7 +230,7 @@ class UNet(nn.Module):
         for block in self.down:
             h = block(h)
             skips.append(h)
-            h = POOL[self.ndim](h, self.pool)
+            h = max_pool(h, self.pool) if self.phase_upsampling else POOL[self.ndim](h, self.pool)
         h = self.bottom(h)
         for block, skip in zip(self.up, reversed(skips), strict=True):
             if self.phase_upsampling and self.phase_plans is not None:
