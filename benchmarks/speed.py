@@ -1,15 +1,18 @@
 """Training and prediction speed, float32 next to the fast default, in one run.
 
-    python benchmarks/speed.py            # full run (about 4 minutes on 2 CPU cores)
+    python benchmarks/speed.py            # full run (about 7 minutes on 2 CPU cores)
     python benchmarks/speed.py --quick    # smaller sizes, for a smoke test
 
 Prints a table and writes ``benchmarks/results/speed-<device>.json``. Rows:
 - training ms/step of the default 2D network (batch 16, 64x64 patches; also the CARE paper's
-  kernel-5 network), optimizer step only and the whole loop (patch sampling in its background thread included);
-- prediction throughput of the default 2D network on 2048x2048 and of the default 3D
-  network on 64x512x512 (normalisation, tiling and de-normalisation included);
+  kernel-5 network), optimizer step only (median of five blocks) and the whole loop (patch
+  sampling in its background thread included);
+- prediction throughput of the default 2D network on 2048x2048 (best of three) and of the
+  default 3D network on 64x512x512 (normalisation, tiling and de-normalisation included);
 - the PSNR gap between the fast default and float32 on the demo data, with one model
-  trained for ``--train-seconds`` and run both ways.
+  trained for ``--train-seconds`` and run both ways;
+- in the fast default, the 2D rows again with the U-Net's plain upsample + concatenate next
+  to its phase convolution (``UNet.phase_upsampling``), so that change is measured in one run.
 """
 
 from __future__ import annotations
@@ -38,10 +41,15 @@ RESULTS = Path(__file__).parent / "results"
 PAPER_NET = {"kernel_size": 5, "batch_norm": False, "residual": True}  # the CARE paper's 2D network
 
 
-def step_ms(precision: str, steps: int, net: dict | None = None) -> float:
-    """Optimizer steps alone: batch 16 of 64x64 patches already in memory (default network unless ``net``)."""
+def step_ms(precision: str, steps: int, net: dict | None = None, phase: bool = True) -> float:
+    """Optimizer steps alone: batch 16 of 64x64 patches already in memory (default network unless ``net``).
+
+    The median over five blocks of ``steps`` steps: other tenants of a shared machine slow
+    single blocks by 10-20 %.
+    """
     torch.manual_seed(0)
     care = CARE(Config(axes="YX", net=net or {}))
+    care.net.phase_upsampling = phase
     rng = np.random.default_rng(0)
     img = rng.gamma(2, 1, (1, 256, 256)).astype(np.float32)
     sampler = PatchSampler([ImagePair("r", img, img)], (64, 64), val_fraction=0.0, threshold=0.0)
@@ -50,10 +58,13 @@ def step_ms(precision: str, steps: int, net: dict | None = None) -> float:
         x, y = sampler.batch(rng, 16)
         for _ in range(3):
             trainer.step(x, y)
-        start = time.perf_counter()
-        for _ in range(steps):
-            trainer.step(x, y)
-        return (time.perf_counter() - start) / steps * 1000
+        blocks = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(steps):
+                trainer.step(x, y)
+            blocks.append((time.perf_counter() - start) / steps * 1000)
+        return float(np.median(blocks))
 
 
 def loop_ms(precision: str, seconds: float) -> float:
@@ -76,12 +87,31 @@ def loop_ms(precision: str, seconds: float) -> float:
     return seconds * 1000 / steps
 
 
-def predict_mvox_s(model: CARE, shape: tuple[int, ...], axes: str, precision: str) -> float:
+def predict_mvox_s(model: CARE, shape: tuple[int, ...], axes: str, precision: str, repeats: int = 1) -> float:
+    """Best of ``repeats`` whole predictions (normalisation and tiling included)."""
     img = np.random.default_rng(0).gamma(2, 100, shape).astype(np.float32)
     model.predict(img[(slice(0, 8),) * (len(shape) - 2) + (slice(0, 256), slice(0, 256))], axes, precision=precision)
-    start = time.perf_counter()
-    model.predict(img, axes, precision=precision)
-    return img.size / (time.perf_counter() - start) / 1e6
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.predict(img, axes, precision=precision)
+        best = max(best, img.size / (time.perf_counter() - start) / 1e6)
+    return best
+
+
+def upsampling_rows(precision: str, quick: bool) -> dict:
+    """The default 2D network with phase upsampling (default) and with plain upsample + concat, alternated."""
+    out = {}
+    for phase in (False, True):
+        key = "phase" if phase else "plain"
+        model = CARE(Config(axes="YX"))
+        model.net.phase_upsampling = phase
+        shape = (512, 512) if quick else (2048, 2048)
+        out[key] = {
+            "train_step_ms": step_ms(precision, 5 if quick else 10, phase=phase),
+            "predict_2d_mpx_s": predict_mvox_s(model, shape, "YX", precision, repeats=1 if quick else 3),
+        }
+    return out
 
 
 def precision_gap(seconds: float, fast: str) -> dict:
@@ -118,10 +148,11 @@ def main(argv: list[str] | None = None) -> None:
         row = {"precision": p, "train_step_ms": step_ms(p, 5 if a.quick else 20)}
         row["train_step_ms_paper_net"] = step_ms(p, 5 if a.quick else 20, PAPER_NET)
         row["train_loop_ms"] = loop_ms(p, 10 if a.quick else 30)
-        row["predict_2d_mpx_s"] = predict_mvox_s(CARE(Config(axes="YX")), shape2d, "YX", p)
+        row["predict_2d_mpx_s"] = predict_mvox_s(CARE(Config(axes="YX")), shape2d, "YX", p, repeats=1 if a.quick else 3)
         row["predict_3d_mvox_s"] = predict_mvox_s(CARE(Config(axes="ZYX")), shape3d, "ZYX", p)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    upsampling = upsampling_rows(fast.precision, a.quick)
     gap = precision_gap(10 if a.quick else a.train_seconds, fast.precision)
     device = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {fast.describe()}"
     print(f"\ncarekit {carekit.__version__} on {device}")
@@ -136,9 +167,13 @@ def main(argv: list[str] | None = None) -> None:
     for key, label in labels.items():
         print(f"{label:34s}" + "".join(f"{r[key]:12.2f}" for r in rows))
     print("demo PSNR, one model run both ways: " + ", ".join(f"{k} {v:.3f} dB" for k, v in gap.items()))
+    print(f"upsampling ({fast.precision}): " + "; ".join(
+        f"{k} {v['train_step_ms']:.1f} ms/step, {v['predict_2d_mpx_s']:.2f} Mpx/s" for k, v in upsampling.items()
+    ))  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     name = "speed-quick.json" if a.quick else f"speed-{fast.device.type}.json"
     payload = {"device": device, "torch": torch.__version__, "rows": rows, "demo_psnr": gap, "python": sys.version}
+    payload["upsampling"] = upsampling
     (RESULTS / name).write_text(json.dumps(payload, indent=2) + "\n")
 
 
