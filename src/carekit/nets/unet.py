@@ -221,7 +221,8 @@ class UNet(nn.Module):
         self.scale_head = CONV[ndim](self.features, out_channels, 1) if probabilistic else None
         plans = [phase_taps(p, k) for p, k in zip(self.pool, self.kernel, strict=True)]
         self.phase_plans = None if None in plans else plans
-        self.phase_upsampling = True  # False: plain upsample + concat (for tracing and export)
+        # False: the plain operators (upsample + concatenate, the pooling kernel), for tracing and export
+        self.phase_upsampling = True
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature maps, before the 1x1 output layer."""
