@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from carekit.nets.unet import UNet, count_parameters, fold_batch_norm
+from carekit.nets.unet import UNet, count_parameters, fold_batch_norm, max_pool
 
 
 def test_reference_2d_network_has_the_reference_size():
@@ -103,3 +103,15 @@ def test_pooling_that_phases_cannot_express_falls_back_to_plain_upsampling():
     net = UNet(2, 1, 1, n_first=4, kernel_size=3, pool=(3, 3))
     assert net.phase_plans is None
     assert net(torch.zeros(1, 1, 18, 18)).shape == (1, 1, 18, 18)
+
+
+@pytest.mark.parametrize(
+    ("shape", "pool"), [((2, 3, 13, 18), (2, 2)), ((1, 2, 5, 9, 11), (1, 2, 2)), ((1, 2, 6, 8, 7), (2, 2, 2))]
+)
+def test_max_pool_without_gradients_equals_the_pooling_kernel(shape, pool):
+    x = torch.randn(shape)
+    if len(shape) == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    kernel = torch.nn.functional.max_pool2d if len(pool) == 2 else torch.nn.functional.max_pool3d
+    with torch.no_grad():
+        assert torch.equal(max_pool(x, pool), kernel(x, pool))  # odd sizes drop the last row, like the kernel
