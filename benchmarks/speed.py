@@ -99,17 +99,15 @@ def predict_mvox_s(model: CARE, shape: tuple[int, ...], axes: str, precision: st
     return best
 
 
-def upsampling_rows(precision: str, quick: bool) -> dict:
-    """The default 2D network with phase upsampling (default) and with plain upsample + concat, alternated."""
+def upsampling_rows(precision: str, steps: int, shape: tuple[int, int], repeats: int) -> dict:
+    """The default 2D network with plain upsample + concat, then with phase upsampling (the default)."""
     out = {}
     for phase in (False, True):
-        key = "phase" if phase else "plain"
         model = CARE(Config(axes="YX"))
         model.net.phase_upsampling = phase
-        shape = (512, 512) if quick else (2048, 2048)
-        out[key] = {
-            "train_step_ms": step_ms(precision, 5 if quick else 10, phase=phase),
-            "predict_2d_mpx_s": predict_mvox_s(model, shape, "YX", precision, repeats=1 if quick else 3),
+        out["phase" if phase else "plain"] = {
+            "train_step_ms": step_ms(precision, steps, phase=phase),
+            "predict_2d_mpx_s": predict_mvox_s(model, shape, "YX", precision, repeats=repeats),
         }
     return out
 
@@ -142,17 +140,18 @@ def main(argv: list[str] | None = None) -> None:
     fast = choose_engine("auto", "auto")
     precisions = ["float32", fast.precision] if fast.precision != "float32" else ["float32"]
     shape2d, shape3d = ((512, 512), (16, 128, 128)) if a.quick else ((2048, 2048), (64, 512, 512))
+    repeats = 1 if a.quick else 3
     rows = []
     for p in precisions:
         torch.manual_seed(0)
         row = {"precision": p, "train_step_ms": step_ms(p, 5 if a.quick else 20)}
         row["train_step_ms_paper_net"] = step_ms(p, 5 if a.quick else 20, PAPER_NET)
         row["train_loop_ms"] = loop_ms(p, 10 if a.quick else 30)
-        row["predict_2d_mpx_s"] = predict_mvox_s(CARE(Config(axes="YX")), shape2d, "YX", p, repeats=1 if a.quick else 3)
+        row["predict_2d_mpx_s"] = predict_mvox_s(CARE(Config(axes="YX")), shape2d, "YX", p, repeats=repeats)
         row["predict_3d_mvox_s"] = predict_mvox_s(CARE(Config(axes="ZYX")), shape3d, "ZYX", p)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    upsampling = upsampling_rows(fast.precision, a.quick)
+    upsampling = upsampling_rows(fast.precision, 5 if a.quick else 10, shape2d, repeats)
     gap = precision_gap(10 if a.quick else a.train_seconds, fast.precision)
     device = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {fast.describe()}"
     print(f"\ncarekit {carekit.__version__} on {device}")
