@@ -47,6 +47,16 @@ def test_validation_slab_never_overlaps_training():
     assert train_region.box[-1] == slice(0, 96) and val_region.box[-1] == slice(96, 128)
 
 
+def test_validation_holds_out_the_fraction_as_whole_images_when_slabs_would_be_too_wide():
+    # a slab must be one patch wide: 32 of 64 columns would hold out half of every image
+    pairs = [square_pair(64) for _ in range(20)]
+    sampler = PatchSampler(pairs, (32, 32), val_fraction=0.1, threshold=0.0)
+    val = sorted(r.pair for r in sampler.val_regions)
+    train = sorted(r.pair for r in sampler.train_regions)
+    assert len(val) == 2 and not set(val) & set(train) and len(train) == 18
+    assert all(r.box == (slice(0, 64), slice(0, 64)) for r in sampler.train_regions + sampler.val_regions)
+
+
 def test_patch_larger_than_image():
     with pytest.raises(CarekitError, match="smaller than the patch size"):
         PatchSampler([square_pair(48)], (64, 64))

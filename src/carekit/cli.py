@@ -127,7 +127,9 @@ def parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--depth", type=int, help="pooling steps of the U-Net (default 2)")
     t.add_argument("--n-first", type=int, help="features of the first level (default 32)")
-    t.add_argument("--validation-fraction", type=float)
+    t.add_argument(
+        "--validation-fraction", type=float, help="share of the pixels held out for validation (default 0.1)"
+    )
     t.add_argument("--seed", type=int)
     t.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop cleanly after this long")
     t.add_argument("--probabilistic", action="store_true", help="predict a Laplace distribution per pixel")

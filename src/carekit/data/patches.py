@@ -3,8 +3,9 @@
 Patch sizes refer to the target's spatial axes; an input may have extra leading
 spatial axes (the z of a stack to project), which every patch takes whole.
 
-Each pair is split once into a training region and a held-out validation slab (the
-far end of its longest lateral axis), so validation never sees training pixels.
+About ``val_fraction`` of the pixels are held out once for validation, either as whole
+images or as a slab at the far end of each image's longest lateral axis, so validation
+never sees training pixels.
 Patch positions are drawn where the target holds structure (background rejection:
 the maximum filter of size patch/2 of the target exceeds ``threshold`` times its 99.9th
 percentile), then input and target are normalised with percentiles drawn from the
@@ -27,6 +28,12 @@ from carekit.normalize import PREDICT_PERCENTILES, TRAIN_HIGH_RANGE, TRAIN_LOW_R
 MAX_CANDIDATES = 4_000_000  # positions kept per image region; a random subset beyond this
 LOW_GRID = np.linspace(*TRAIN_LOW_RANGE, 9)
 HIGH_GRID = np.linspace(*TRAIN_HIGH_RANGE, 9)
+
+
+def _box_share(box: tuple[slice, ...], pair: ImagePair) -> float:
+    """Share of ``pair``'s pixels inside ``box``."""
+    shape = pair.high.shape[1:]
+    return float(np.prod([(b.stop - b.start) / s for b, s in zip(box, shape, strict=True)]))
 
 
 @dataclass
@@ -53,7 +60,7 @@ class PatchSampler:
     patch_size : tuple of int
         One entry per spatial axis, e.g. ``(64, 64)`` or ``(16, 64, 64)``.
     val_fraction : float
-        Fraction of each image's longest lateral axis held out for validation.
+        Fraction of the pixels held out for validation (whole images or one slab per image).
     threshold : float
         Background rejection threshold (0 keeps every position).
     augment : bool
@@ -104,9 +111,35 @@ class PatchSampler:
 
     # -- setting up -------------------------------------------------------------
     def _split(self, val_fraction: float) -> tuple[list, list]:
+        """Training and validation boxes holding out close to ``val_fraction`` of the pixels.
+
+        Either whole images (evenly spread over the list) or a slab at the far end of each
+        image's longest lateral axis, whichever comes closer to the fraction: a slab is at
+        least one patch wide, so for small images it would hold out far more than asked.
+        """
         full = [(i, tuple(slice(0, s) for s in p.high.shape[1:])) for i, p in enumerate(self.pairs)]
         if val_fraction <= 0:
             return full, []
+        sizes = np.array([p.high[0].size for p in self.pairs], np.float64)
+        slab_train, slab_val = self._slabs(full, val_fraction)
+        slab_share = sum(sizes[i] * _box_share(b, self.pairs[i]) for i, b in slab_val) / sizes.sum()
+        n = len(self.pairs)
+        held = max(1, round(val_fraction * n)) if n > 1 else 0
+        picks = {min(n - 1, int((k + 0.5) * n / held)) for k in range(held)} if held else set()
+        whole_share = sizes[sorted(picks)].sum() / sizes.sum() if picks else math.inf
+        if not slab_val and not picks:
+            p = self.pairs[0]
+            raise CarekitError(
+                f"{p.name}: image of spatial shape {p.high.shape[1:]} is too small to hold out a validation "
+                f"region of patch size {self.patch}; pass a smaller --patch-size, more images, "
+                "or --validation-fraction 0"
+            )
+        if slab_val and abs(slab_share - val_fraction) <= abs(whole_share - val_fraction):
+            return slab_train, slab_val
+        return [b for b in full if b[0] not in picks], [b for b in full if b[0] in picks]
+
+    def _slabs(self, full: list, val_fraction: float) -> tuple[list, list]:
+        """Each image split along its longest lateral axis (images too small for that train whole)."""
         train, val = [], []
         for i, p in enumerate(self.pairs):
             shape = p.high.shape[1:]
@@ -120,16 +153,6 @@ class PatchSampler:
             box = full[i][1]
             train.append((i, (*box[:axis], slice(0, cut), *box[axis + 1 :])))
             val.append((i, (*box[:axis], slice(cut, size), *box[axis + 1 :])))
-        if not val:
-            if len(self.pairs) < 2:
-                p = self.pairs[0]
-                raise CarekitError(
-                    f"{p.name}: image of spatial shape {p.high.shape[1:]} is too small to hold out a validation "
-                    f"region of patch size {self.patch}; pass a smaller --patch-size, more images, "
-                    "or --validation-fraction 0"
-                )
-            val = [full[-1]]
-            train = full[:-1]
         return train, val
 
     def _regions(self, boxes: list, threshold: float) -> list[Region]:
