@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from carekit.data.pairs import ImagePair
+from carekit.data.pairs import ImagePair, pairs_from_arrays
 from carekit.data.patches import PatchSampler
 from carekit.errors import CarekitError
 
@@ -75,3 +75,14 @@ def test_three_d_patches_and_fixed_validation():
     assert x.shape == y.shape == (3, 1, 8, 16, 16)
     v1, v2 = sampler.validation(5, seed=2), sampler.validation(5, seed=2)
     np.testing.assert_array_equal(v1[0], v2[0])
+
+
+def test_planes_of_one_array_share_one_normalisation():
+    plane = square_pair(64).high[0]
+    low, high = np.stack([3 * plane, 0.3 * plane]), np.stack([plane, 0.1 * plane])  # a bright and a dim plane
+    stack = PatchSampler(pairs_from_arrays(low, high, "SYX", "YX"), (32, 32), val_fraction=0, threshold=0)
+    np.testing.assert_array_equal(stack.high_tables[0], stack.high_tables[1])
+    np.testing.assert_array_equal(stack.low_tables[0], stack.low_tables[1])
+    # separate arrays keep their own: the dim one is stretched to the bright one's range
+    apart = PatchSampler(pairs_from_arrays(list(low), list(high), "YX", "YX"), (32, 32), val_fraction=0, threshold=0)
+    np.testing.assert_allclose(apart.high_tables[1], 0.1 * apart.high_tables[0], rtol=1e-6)

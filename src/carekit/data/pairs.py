@@ -19,11 +19,17 @@ from carekit.io import check_finite, list_images, read_with_axes
 
 @dataclass
 class ImagePair:
-    """One registered pair in network order: ``low`` is ``(C_in, *spatial)``, ``high`` ``(C_out, *spatial)``."""
+    """One registered pair in network order: ``low`` is ``(C_in, *spatial)``, ``high`` ``(C_out, *spatial)``.
+
+    ``source`` names the array or file the pair was cut from: pairs of one source (its
+    samples, time points, or the planes of a stack for a 2D network) share one intensity
+    normalisation. None: the pair is a source of its own.
+    """
 
     name: str
     low: np.ndarray
     high: np.ndarray
+    source: str | None = None
 
 
 def split_samples(low: np.ndarray, high: np.ndarray, axes: str, spatial: str, name: str) -> list[ImagePair]:
@@ -50,7 +56,7 @@ def per_sample(name: str, x: np.ndarray, y: np.ndarray) -> list[ImagePair]:
     """One pair per sample of network-order inputs ``x`` and targets ``y`` (named ``name[i]``)."""
     if x.shape[0] == 1:
         return [ImagePair(name, x[0], y[0])]
-    return [ImagePair(f"{name}[{i}]", x[i], y[i]) for i in range(x.shape[0])]
+    return [ImagePair(f"{name}[{i}]", x[i], y[i], source=name) for i in range(x.shape[0])]
 
 
 def pairs_from_arrays(
