@@ -104,8 +104,8 @@ def test_unknown_setting():
 def test_default_networks_by_mode():
     from carekit.config import Config, NetConfig
 
-    plain = Config(axes="YX")
-    assert (plain.net.kernel_size, plain.net.batch_norm, plain.net.residual) == (3, True, False)
+    plain = Config(axes="YX")  # the residual is chosen from the data when training starts
+    assert (plain.net.kernel_size, plain.net.batch_norm, plain.net.residual) == (3, True, None)
     assert (plain.train.patch_size, plain.train.batch_size) == ((96, 96), 8)
     assert Config(axes="ZYX").train.patch_size == (16, 64, 64)
     prob = Config(axes="YX", net=NetConfig(probabilistic=True))  # keeps the CARE paper's network
@@ -115,6 +115,24 @@ def test_default_networks_by_mode():
     assert (chosen.net.kernel_size, chosen.net.batch_norm, chosen.net.residual, chosen.train.batch_size) == (
         5,
         False,
-        False,
+        None,
         4,
     )
+
+
+def test_residual_follows_how_close_inputs_are_to_targets(tmp_path):
+    from carekit.config import RESIDUAL_FROM_DB
+    from carekit.data.pairs import pairs_from_arrays
+    from carekit.train import input_fidelity
+
+    clean = blobs((64, 64), seed=3, density=0.01)
+    kw = {"epochs": 1, "steps_per_epoch": 2, "patch_size": (32, 32), "progress": False, **TINY}
+    chosen = {}
+    for peak in (3, 1000):
+        low = noisy(clean, peak=peak)
+        assert (input_fidelity(pairs_from_arrays(low, clean, "YX", "YX")) >= RESIDUAL_FROM_DB) == (peak == 1000)
+        chosen[peak] = carekit.train(low, clean, "YX", tmp_path / f"p{peak}", **kw).config.net.residual
+    assert chosen == {3: False, 1000: True}
+    # asked for explicitly, the setting stands
+    forced = carekit.train(noisy(clean, peak=3), clean, "YX", tmp_path / "forced", residual=True, **kw)
+    assert forced.config.net.residual is True
