@@ -123,7 +123,9 @@ def parser() -> argparse.ArgumentParser:
         help="batch normalisation after convolutions (denoising default: on)",
     )
     t.add_argument(
-        "--residual", action=argparse.BooleanOptionalAction, help="add the input to the output (denoising default: off)"
+        "--residual",
+        action=argparse.BooleanOptionalAction,
+        help="add the input to the output (denoising default: on when inputs are within 21 dB PSNR of targets)",
     )
     t.add_argument("--depth", type=int, help="pooling steps of the U-Net (default 2)")
     t.add_argument("--n-first", type=int, help="features of the first level (default 32)")
