@@ -29,6 +29,18 @@ def fit_affine(x: np.ndarray, target: np.ndarray) -> np.ndarray:
     return alpha * x + (target.mean() - alpha * x.mean())
 
 
+def fitted_error(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The fitted prediction, the normalised truth and their mean squared error."""
+    t = normalize_truth(truth)
+    p = fit_affine(prediction, t)
+    return p, t, float(np.mean((p - t) ** 2))
+
+
+def decibels(mse: float) -> float:
+    """PSNR for data range 1."""
+    return float(10 * np.log10(1.0 / mse)) if mse > 0 else float("inf")
+
+
 def evaluate(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """NRMSE, PSNR (dB) and SSIM of ``prediction`` against ``truth`` (same shape, 2D or 3D).
 
@@ -45,10 +57,8 @@ def evaluate(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     for name, a in (("prediction", prediction), ("truth", truth)):
         if not np.isfinite(a).all():
             raise CarekitError(f"{name} holds NaN or infinite values")
-    t = normalize_truth(truth)
-    p = fit_affine(prediction, t)
-    mse = float(np.mean((p - t) ** 2))
-    psnr = float(10 * np.log10(1.0 / mse)) if mse > 0 else float("inf")
+    p, t, mse = fitted_error(prediction, truth)
+    psnr = decibels(mse)
     squeezed = [s for s in t.shape if s > 1]
     win = min(7, *squeezed) if squeezed else 1
     win -= 1 - win % 2

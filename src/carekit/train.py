@@ -27,7 +27,7 @@ from carekit.data.patches import PatchSampler
 from carekit.engine import Engine, choose_engine
 from carekit.errors import CarekitError
 from carekit.io import prepare_output, read_json, write_atomic, write_json
-from carekit.metrics import fit_affine, normalize_truth
+from carekit.metrics import decibels, fitted_error
 from carekit.model import (
     CARE,
     CONFIG,
@@ -215,9 +215,7 @@ def input_fidelity(pairs: list[ImagePair], n_pairs: int = 16, pixels: int = 250_
     for i in dict.fromkeys(np.linspace(0, len(pairs) - 1, min(n_pairs, len(pairs))).round().astype(int)):
         low, high = pairs[i].low.ravel(), pairs[i].high.ravel()
         step = max(1, low.size // pixels)
-        t = normalize_truth(high[::step])
-        mse = float(np.mean((fit_affine(low[::step], t) - t) ** 2))
-        scores.append(10 * np.log10(1.0 / mse) if mse > 0 else 100.0)
+        scores.append(decibels(fitted_error(low[::step], high[::step])[2]))
     return float(np.mean(scores))
 
 
