@@ -57,6 +57,12 @@ def test_validation_holds_out_the_fraction_as_whole_images_when_slabs_would_be_t
     assert all(r.box == (slice(0, 64), slice(0, 64)) for r in sampler.train_regions + sampler.val_regions)
 
 
+def test_whole_image_validation_leaves_an_image_to_train_on():
+    # no slab fits (patch = image), and 0.9 of 2 images would round to both
+    sampler = PatchSampler([square_pair(32), square_pair(32)], (32, 32), val_fraction=0.9, threshold=0.0)
+    assert len(sampler.train_regions) == 1 and len(sampler.val_regions) == 1
+
+
 def test_patch_larger_than_image():
     with pytest.raises(CarekitError, match="smaller than the patch size"):
         PatchSampler([square_pair(48)], (64, 64))

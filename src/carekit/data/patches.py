@@ -146,7 +146,7 @@ class PatchSampler:
         slab_train, slab_val = self._slabs(full, val_fraction)
         slab_share = sum(sizes[i] * _box_share(b, self.pairs[i]) for i, b in slab_val) / sizes.sum()
         n = len(self.pairs)
-        held = max(1, round(val_fraction * n)) if n > 1 else 0
+        held = min(n - 1, max(1, round(val_fraction * n)))  # at least one image is left to train on
         picks = {min(n - 1, int((k + 0.5) * n / held)) for k in range(held)} if held else set()
         whole_share = sizes[sorted(picks)].sum() / sizes.sum() if picks else math.inf
         if not slab_val and not picks:
