@@ -21,7 +21,7 @@ def tensor_percentiles(x: torch.Tensor, low: float, high: float) -> tuple[torch.
     """``numpy.percentile``-style (linear) low and high percentiles per sample and channel, shape ``(N, C)``."""
     flat = x.reshape(x.shape[0], x.shape[1], -1)
     ordered, _ = torch.sort(flat, dim=-1)
-    last = torch.scalar_tensor(flat.shape[-1], dtype=torch.float64) - 1
+    last = torch.scalar_tensor(flat.shape[-1], dtype=torch.float64, device=x.device) - 1
     values = []
     for q in (low, high):
         position = last * (q / 100.0)
