@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from carekit.config import Config, NetConfig
-from carekit.engine import choose_engine
+from carekit.engine import Engine, choose_engine
 from carekit.model import CARE
 from carekit.nets.unet import UNet
-from carekit.predict import auto_tiles, predict_tiled, spans
+from carekit.predict import DEFAULT_MEMORY, GPU_MAX_MEMORY, auto_tiles, default_memory, predict_tiled, spans
 
 
 def tiled(net, x, n_tiles):
@@ -54,6 +54,15 @@ def test_auto_tiles_fit_the_budget_and_do_not_split_needlessly():
     n = auto_tiles((2048, 2048), (52, 52), (4, 4), 600 * 600)
     windows = [min(2048, int(np.ceil(2048 / k / 4)) * 4 + 104) for k in n]
     assert np.prod(windows) <= 600 * 600
+
+
+@pytest.mark.parametrize(("free_gib", "expected_gib"), [(80, 8), (16, 4), (2, 1.5)])
+def test_default_budget_is_a_share_of_free_gpu_memory(monkeypatch, free_gib, expected_gib):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gib * 2**30), 80 * 2**30))
+    gpu = Engine(torch.device("cuda"), "bfloat16")
+    assert default_memory(gpu) == int(expected_gib * 2**30)
+    assert default_memory(gpu) <= GPU_MAX_MEMORY
+    assert default_memory(choose_engine("cpu", "float32")) == DEFAULT_MEMORY
 
 
 def test_model_predict_tiles_and_keeps_axes():

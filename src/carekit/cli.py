@@ -148,7 +148,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="PATH", help="TIFF file (folder for a folder input) or .zarr")
     p.add_argument("--axes", help="axes of the input (default: from the file, else the model's)")
     p.add_argument("--n-tiles", type=ints, help="tiles per spatial axis (default: from the memory budget)")
-    p.add_argument("--memory", type=float, metavar="GB", help="per batch of tiles (1.5); per block for .zarr (1)")
+    p.add_argument(
+        "--memory",
+        type=float,
+        metavar="GB",
+        help="per batch of tiles (1.5 on CPU; on CUDA 1/4 of free GPU memory, ≤ 8); per block for .zarr (1)",
+    )
     p.add_argument("--factor", type=float, help="isotropic/upsampling models: override the z factor")
     p.add_argument("--height-map", metavar="PATH", help="projection models: also write the surface height map")
     p.add_argument("--uncertainty", metavar="DIR", help="probabilistic models: spread, interval, entropy maps")

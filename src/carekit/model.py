@@ -151,7 +151,8 @@ class CARE:
         n_tiles : tuple of int, optional
             Tiles per spatial axis; default chosen from ``memory``.
         memory : int, optional
-            Activation memory budget in bytes per batch of tiles.
+            Activation memory budget in bytes per batch of tiles (default 1.5 GiB on CPU; on
+            CUDA a quarter of the GPU's free memory, at most 8 GiB).
         device, precision : str
             ``"auto"`` picks CUDA if present and the fastest safe precision.
         progress : bool
@@ -239,8 +240,8 @@ class CARE:
         With ``tta`` the network output is averaged over the 8 flips and 90° rotations of the
         lateral plane.
         """
-        lo, hi = percentiles(x, PREDICT_PERCENTILES)
         engine = self.engine(device, precision)
+        lo, hi = percentiles(x, PREDICT_PERCENTILES, engine.device)
         normalized = normalize(x, lo, hi)
         if not tta:
             return self.to_intensities(self.run_net(normalized, engine, n_tiles, memory, progress), lo, hi)

@@ -153,10 +153,11 @@ class ProjectionCARE(CARE):
             raise CarekitError("test-time augmentation is available for denoise models, not projection ones")
         target_axes(axes or self.config.axes, "image")
         x, layout = self.network_input(image, axes, "ZYX")
-        lo, hi = percentiles(x, PREDICT_PERCENTILES)
+        engine = self.engine(device, precision)
+        lo, hi = percentiles(x, PREDICT_PERCENTILES, engine.device)
         result = self.run_net(
             normalize(x, lo, hi),
-            self.engine(device, precision),
+            engine,
             n_tiles,
             memory,
             progress,
