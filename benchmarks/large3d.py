@@ -5,8 +5,9 @@
 
 A denoising model with the default 3D network (untrained weights: time and memory do not
 depend on them) restores a random float32 volume held in memory, in the default precision
-and tiling. Reports wall time, Mvox/s and the peak resident memory of the process (VmHWM);
-writes ``benchmarks/results/large3d.json``. The CARE paper restored such a volume in under
+and tiling. Reports wall time, Mvox/s and the peak resident memory of the process (VmHWM),
+on a GPU also its peak allocated memory; writes ``benchmarks/results/large3d.json``
+(``large3d-cuda.json`` on a GPU). The CARE paper restored such a volume in under
 20 s on one Titan X GPU.
 """
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     shape = tuple(int(v) for v in a.shape.split(","))
     torch.manual_seed(0)
     model = CARE(Config(axes="ZYX"))
+    engine = choose_engine()
     volume = np.random.default_rng(0).gamma(2, 100, shape).astype(np.float32)
     start = time.perf_counter()
     restored = model.predict(volume, "ZYX", memory=int(a.memory * 2**30) if a.memory else None)
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     assert restored.shape == volume.shape and np.isfinite(restored).all()
     result = {
         "shape": list(shape),
-        "engine": choose_engine().describe(),
+        "engine": engine.describe(),
         "threads": torch.get_num_threads(),
         "seconds": round(seconds, 1),
         "mvox_s": round(volume.size / seconds / 1e6, 3),
@@ -51,11 +53,16 @@ def main(argv: list[str] | None = None) -> None:
         "input_gb": round(volume.nbytes / 2**30, 2),
         "memory_budget_gib": a.memory,
     }
+    if engine.device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name()
+        result["gpu_peak_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     print(json.dumps(result))
     RESULTS.mkdir(exist_ok=True)
     name = "large3d.json" if shape == (100, 1024, 1024) else "large3d-quick.json"
     if a.memory:
         name = name.replace(".json", f"-{a.memory:g}gib.json")
+    if engine.device.type == "cuda":
+        name = name.replace(".json", "-cuda.json")
     (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
 
 

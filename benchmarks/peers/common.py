@@ -27,6 +27,14 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
+def gpu_facts() -> dict:
+    """The GPU a torch worker ran on and its peak allocated memory (MB); empty where none was used."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    return {"gpu": torch.cuda.get_device_name(), "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20}
+
+
 def random_image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     """A positive float32 test image (gamma noise): content does not change a network's speed."""
     return np.random.default_rng(seed).gamma(2.0, 100.0, shape).astype(np.float32)
@@ -86,6 +94,6 @@ def serve(tasks: dict[str, Callable[[dict], dict]], versions: Callable[[], dict]
     job = json.loads(job_path.read_text())
     start = time.perf_counter()
     result = tasks[job["task"]](job)
-    result.update(wall_s=time.perf_counter() - start, peak_rss_mb=peak_rss_mb(), versions=versions())
+    result.update(wall_s=time.perf_counter() - start, peak_rss_mb=peak_rss_mb(), versions=versions(), **gpu_facts())
     result["children_peak_rss_mb"] = peak_rss_mb(resource.RUSAGE_CHILDREN)  # forks: shares pages with ours
     result_path.write_text(json.dumps(result, indent=1))

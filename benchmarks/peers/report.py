@@ -60,7 +60,8 @@ def speed_lines(jobs: list[Job], tools: list[str], workloads: set[str]) -> list[
 
 
 def memory_lines(jobs: list[Job], tools: list[str]) -> list[dict]:
-    """Peak resident memory (MB) of every worker process that ran (lower is better).
+    """Peak resident memory (MB) of every worker process that ran, and on a GPU its peak allocated
+    memory (lower is better).
 
     Child processes (CAREamics' data loader) are forks that share most pages with the worker, so
     their peaks are kept in the JSON (``children_peak_rss_mb``) but not added here.
@@ -68,7 +69,9 @@ def memory_lines(jobs: list[Job], tools: list[str]) -> list[dict]:
     rows: dict[str, dict[str, Job]] = {}
     for j in jobs:
         rows.setdefault(f"quality, {j.row}" if j.workload == "quality" else j.row, {})[j.tool] = j
-    return [ratio_line(f"{r}: peak MB", per, tools, lambda j: value_of(j, "peak_rss_mb")) for r, per in rows.items()]
+    lines = [ratio_line(f"{r}: peak MB", per, tools, lambda j: value_of(j, "peak_rss_mb")) for r, per in rows.items()]
+    gpu = [ratio_line(f"{r}: GPU peak MB", per, tools, lambda j: value_of(j, "gpu_peak_mb")) for r, per in rows.items()]
+    return lines + [g for g in gpu if any(v is not None for v in g["values"].values())]
 
 
 def tool_table(lines: list[dict], tools: list[str]) -> str:

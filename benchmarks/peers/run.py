@@ -3,11 +3,14 @@
     .venv/bin/python benchmarks/peers/run.py            # everything (see README.md for the time)
     .venv/bin/python benchmarks/peers/run.py --quick    # tiny sizes, a few steps: a smoke test
     .venv/bin/python benchmarks/peers/run.py --only predict --tools carekit,csbdeep
+    python3 benchmarks/peers/run.py --here --label gpu --tools carekit,careamics   # tools installed here
 
 The peers run in their own virtual environments (created under ``--venvs`` when missing, never
 among carekit's dependencies); every job runs in a fresh worker process of its tool, one after
-the other. Prints the tables and writes ``benchmarks/results/peers.json`` and ``peers.md``
-(``peers-quick.*`` with ``--quick``; ``peers-<workloads>-<tools>.*`` for a partial run).
+the other. With ``--here`` every tool runs in the running Python instead (a machine where they
+are all installed, such as a GPU machine without package access). Prints the tables and writes
+``benchmarks/results/peers.json`` and ``peers.md`` (``peers-quick.*`` with ``--quick``;
+``peers-<workloads>-<tools>.*`` for a partial run; ``--label`` adds a suffix).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--photons", default="10,100", help="peak photon levels of the quality data (comma list)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes and a few steps (smoke test)")
     ap.add_argument("--venvs", type=Path, default=envs.DEFAULT_VENVS, help="where the peers' venvs live")
+    ap.add_argument("--here", action="store_true", help="run every tool in this Python (no venvs)")
+    ap.add_argument("--label", default="", help="suffix of the result files (e.g. gpu)")
     a = ap.parse_args(argv)
     a.only = choices(a.only or list(WORKLOADS), WORKLOADS, "workload")
     a.tools = choices([a.tools], TOOLS, "tool")
@@ -119,6 +124,11 @@ def machine() -> dict:
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": sys.version.split()[0], "load": os.getloadavg()}
 
 
+def gpus(jobs: list[Job]) -> list[str]:
+    """The GPUs the workers reported having used (none on a CPU run)."""
+    return sorted({j.result["gpu"] for j in jobs if j.result and "gpu" in j.result})
+
+
 def warn_if_busy() -> None:
     """Timings need an idle machine: with a core taken, 2 OpenMP threads (torch) can slow down 10-50x."""
     load = os.getloadavg()[0]
@@ -134,7 +144,7 @@ def summarise(a: argparse.Namespace, jobs: list[Job], data: list[workloads.Quali
     versions = {j.tool: j.result["versions"] for j in jobs if j.result and "versions" in j.result}
     return {
         "quick": a.quick,
-        "machine": machine(),
+        "machine": {**machine(), "gpus": gpus(jobs)},
         "options": {"only": a.only, "tools": a.tools, "budget_s": a.budget, "photons": a.photons},
         "versions": versions,
         "speed": speed,
@@ -151,7 +161,9 @@ def render(summary: dict, tools: list[str]) -> str:
         f"# carekit and its peers{quick}",
         "",
         f"Machine: {summary['machine']['cpu']}, "
-        f"{summary['machine']['cores']} cores. Versions: {json.dumps(summary['versions'])}",
+        f"{summary['machine']['cores']} cores"
+        + "".join(f"; GPU: {g}" for g in summary["machine"].get("gpus", []))
+        + f". Versions: {json.dumps(summary['versions'])}",
     ]
     if summary["speed"]:
         parts += ["", "## Speed (higher is better)", "", report.tool_table(summary["speed"], tools)]
@@ -167,7 +179,7 @@ def render(summary: dict, tools: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
-    pythons = envs.ensure(a.tools, a.venvs)
+    pythons = {t: Path(sys.executable) for t in a.tools} if a.here else envs.ensure(a.tools, a.venvs)
     warn_if_busy()
     with tempfile.TemporaryDirectory(prefix="carekit-peers-") as d:
         folder = Path(d)
@@ -181,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.mkdir(exist_ok=True)
     full = set(a.only) == set(WORKLOADS) and set(a.tools) == set(TOOLS)
     name = "peers-quick" if a.quick else "peers" if full else "-".join(["peers", *a.only, *a.tools])
+    name += f"-{a.label}" if a.label else ""
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     (RESULTS / f"{name}.md").write_text(text)
     print(f"wrote {RESULTS / name}.json and .md")
