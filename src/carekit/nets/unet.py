@@ -275,12 +275,17 @@ class UNet(nn.Module):
         return tuple(halos)
 
     def bytes_per_voxel(self) -> int:
-        """Rough peak activation memory per input voxel at inference (float32), for tile sizing."""
+        """Peak memory per input voxel of a tiled prediction (float32 activations), for tile sizing.
+
+        3.5 feature maps per level plus two float32 copies of the window: fitted to the peak
+        resident memory of whole 2D 2048x2048 and 3D 64x256x256 windows (default networks,
+        float32 and bfloat16), which it overestimates by 29 % (2D) and 5 % (3D).
+        """
         per_level = sum(
-            6 * self.features * 2**level / (2 ** (level * sum(p > 1 for p in self.pool)))
+            3.5 * self.features * 2**level / (2 ** (level * sum(p > 1 for p in self.pool)))
             for level in range(self.depth + 1)
         )
-        return int(4 * (per_level + 4))
+        return int(4 * (per_level + 2))
 
 
 def fold_batch_norm(net: nn.Module) -> nn.Module:
