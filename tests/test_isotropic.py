@@ -4,7 +4,7 @@ import tifffile
 import torch
 from conftest import TINY, blobs
 
-from carekit.axial import IsotropicCARE, UpsamplingCARE, combine, train_isotropic
+from carekit.axial import PLANES_MEMORY, IsotropicCARE, UpsamplingCARE, combine, train_isotropic
 from carekit.config import AxialConfig, Config, NetConfig
 from carekit.data.camera import resample_axis, subsample_and_interpolate, upsampled_positions
 from carekit.data.isotropic import anisotropic_kernel, anisotropic_sigma, degrade, isotropic_pairs
@@ -69,6 +69,23 @@ def test_no_transposed_outputs():
     # the same volume given as YXZ comes back as YXZ
     turned = model.predict(vol.transpose(1, 2, 0), "YXZ", precision="float32")
     np.testing.assert_allclose(turned, out.transpose(1, 2, 0), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["isotropic", "upsampling"])
+def test_planes_take_a_smaller_default_budget_than_plain_prediction(monkeypatch, mode):
+    """The output volume is held whole beside the planes' activations."""
+    model, budgets = identity_model(mode), []
+    plain = model.run_net
+
+    def spy(x, engine, n_tiles=None, memory=None, *args, **kwargs):
+        budgets.append(memory)
+        return plain(x, engine, n_tiles, memory, *args, **kwargs)
+
+    monkeypatch.setattr(model, "run_net", spy)
+    vol = np.random.default_rng(0).random((6, 24, 20)).astype(np.float32)
+    model.predict(vol, "ZYX", precision="float32")
+    model.predict(vol, "ZYX", precision="float32", memory=123 * 2**20)
+    assert budgets[0] == PLANES_MEMORY < 1536 * 2**20 and budgets[-1] == 123 * 2**20
 
 
 def test_upsampling_model_geometry():

@@ -29,6 +29,9 @@ from carekit.normalize import PREDICT_PERCENTILES, normalize, percentiles, scale
 from carekit.train import fit, make_config, resumable
 
 SLAB_BYTES = 256 * 2**20  # upsampled input held per slab
+# Activation budget per batch of planes when none is given: the whole output volume is held
+# beside it, so less than plain prediction's 1.5 GiB (100x1024x1024 at factor 4 stays under 4 GB).
+PLANES_MEMORY = 512 * 2**20
 
 
 def as_volume(stack, axes: str | None) -> tuple[np.ndarray, str]:
@@ -199,7 +202,7 @@ class AxialCARE(CARE):
         x, layout = self.network_input(image, axes, "ZYX")
         if x.shape[2] < 2:
             raise CarekitError(f"image has {x.shape[2]} z-slice(s); restoring along z needs at least 2")
-        options = {"n_tiles": n_tiles, "memory": memory, "engine": self.engine(device, precision)}
+        options = {"n_tiles": n_tiles, "memory": memory or PLANES_MEMORY, "engine": self.engine(device, precision)}
         results = [self.restore_volume(v, factor, progress=progress, **options) for v in x]
         parts = []
         for i in range(2):
