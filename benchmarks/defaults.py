@@ -3,6 +3,7 @@
     python benchmarks/defaults.py                       # every variant, seeds 0 and 1 (~25 min)
     python benchmarks/defaults.py --variants paper,default --seeds 0
     python benchmarks/defaults.py --photons 100 --variants default,default-residual,default-mse --seeds 0
+    python benchmarks/defaults.py --variants default,default-depth3 --name defaults-depth3
 
 Each variant trains for ``--seconds`` (120, as ``carekit demo``) on the demo data and restores
 the demo's test region; one JSON line per run (PSNR, with 8-fold test-time augmentation too),
@@ -34,6 +35,7 @@ VARIANTS = {
     "default-cosine": {**FAST, "patch_size": (96, 96), "batch_size": 8, "lr_schedule": "cosine"},
     "default-residual": {**FAST, "residual": True, "patch_size": (96, 96), "batch_size": 8},
     "default-mse": {**FAST, "patch_size": (96, 96), "batch_size": 8, "loss": "mse"},
+    "default-depth3": {**FAST, "depth": 3, "patch_size": (96, 96), "batch_size": 8},
 }
 
 
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default="0,1", help="comma list of training seeds")
     ap.add_argument("--seconds", type=float, default=demo.TIME_BUDGET)
     ap.add_argument("--photons", type=float, default=demo.PEAK_PHOTONS, help="peak photons of the noisy input")
+    ap.add_argument("--name", default="defaults", help="results file name (default defaults[-<photons>photons])")
     a = ap.parse_args(argv)
     runs = []
     for name in a.variants.split(","):
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     payload = {"seconds": a.seconds, "photons": a.photons, "variants": {k: VARIANTS[k] for k in means}, "runs": runs}
     payload["mean_psnr"] = means
     suffix = "" if a.photons == demo.PEAK_PHOTONS else f"-{a.photons:g}photons"
-    (RESULTS / f"defaults{suffix}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{a.name}{suffix}.json").write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":
