@@ -205,7 +205,7 @@ class CARE:
             engine,
             grid=self.net.divisor(),
             halo=self.net.halo(),
-            bytes_per_voxel=bytes_per_voxel or int(self.net.bytes_per_voxel() * engine.activation_scale),
+            bytes_per_voxel=int((bytes_per_voxel or self.net.bytes_per_voxel()) * engine.activation_scale),
             n_tiles=n_tiles,
             memory=memory,
             progress=progress,

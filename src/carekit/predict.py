@@ -30,7 +30,7 @@ def default_memory(engine: Engine) -> int:
     """The activation budget when none is given: fixed on CPU, a share of the free memory on CUDA.
 
     Larger windows recompute less halo; a GPU with tens of GiB free takes far larger windows
-    than the CPU default (3D: one 64x512x512 window instead of about twenty).
+    than the CPU default (H100: a 64x512x512 volume in one window).
     """
     if engine.device.type != "cuda":
         return DEFAULT_MEMORY

@@ -162,7 +162,7 @@ class ProjectionCARE(CARE):
             memory,
             progress,
             forward=lambda t: self.net(t, with_height=True),
-            bytes_per_voxel=int(self.net.bytes_per_pixel(x.shape[2]) * engine.activation_scale),
+            bytes_per_voxel=self.net.bytes_per_pixel(x.shape[2]),
         )
         mean, scale = self.to_intensities(result[:, :-1], lo[..., 0, :, :], hi[..., 0, :, :])
         height, height_axes = from_net(result[:, -1:], layout, spatial="YX")
