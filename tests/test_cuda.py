@@ -30,3 +30,19 @@ def test_float32_on_the_gpu_is_float32():
     assert np.abs(gpu - cpu).max() <= 1e-5 * np.ptp(cpu)
     fast = model.predict(img, "SYX", device="cuda")
     assert np.abs(fast - cpu).max() <= 3e-2 * np.ptp(cpu)  # bfloat16: close, not equal
+
+
+def test_axial_prediction_takes_the_gpu_budget(monkeypatch):
+    """Isotropic planes keep their activations on the GPU: the CPU's smaller budget does not apply."""
+    from test_isotropic import identity_model, record_budgets
+
+    from carekit.axial import PLANES_MEMORY
+    from carekit.predict import DEFAULT_MEMORY
+
+    model = identity_model("isotropic")
+    budgets = record_budgets(monkeypatch, model)
+    vol = np.random.default_rng(0).random((6, 24, 20)).astype(np.float32)
+    cpu = model.predict(vol, "ZYX", device="cpu", precision="float32")
+    gpu = model.predict(vol, "ZYX", device="cuda", precision="float32")
+    assert budgets[0] == PLANES_MEMORY and budgets[-1] >= DEFAULT_MEMORY > PLANES_MEMORY
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-4)

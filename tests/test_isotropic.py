@@ -71,17 +71,23 @@ def test_no_transposed_outputs():
     np.testing.assert_allclose(turned, out.transpose(1, 2, 0), rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("mode", ["isotropic", "upsampling"])
-def test_planes_take_a_smaller_default_budget_than_plain_prediction(monkeypatch, mode):
-    """The output volume is held whole beside the planes' activations."""
-    model, budgets = identity_model(mode), []
-    plain = model.run_net
+def record_budgets(monkeypatch, model) -> list:
+    """The memory budget of every ``run_net`` call on ``model``, appended as they happen."""
+    budgets, plain = [], model.run_net
 
     def spy(x, engine, n_tiles=None, memory=None, *args, **kwargs):
         budgets.append(memory)
         return plain(x, engine, n_tiles, memory, *args, **kwargs)
 
     monkeypatch.setattr(model, "run_net", spy)
+    return budgets
+
+
+@pytest.mark.parametrize("mode", ["isotropic", "upsampling"])
+def test_planes_take_a_smaller_default_budget_than_plain_prediction(monkeypatch, mode):
+    """The output volume is held whole beside the planes' activations."""
+    model = identity_model(mode)
+    budgets = record_budgets(monkeypatch, model)
     vol = np.random.default_rng(0).random((6, 24, 20)).astype(np.float32)
     model.predict(vol, "ZYX", precision="float32")
     model.predict(vol, "ZYX", precision="float32", memory=123 * 2**20)

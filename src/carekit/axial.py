@@ -22,16 +22,24 @@ from carekit.axes import check_axes, from_net, to_net
 from carekit.config import AxialConfig, Config
 from carekit.data.camera import resample_axis, upsampled_positions
 from carekit.data.isotropic import anisotropic_kernel, anisotropic_sigma, isotropic_pairs, upsampling_pairs
+from carekit.engine import Engine
 from carekit.errors import CarekitError
 from carekit.io import check_finite, read_image, read_with_axes
 from carekit.model import CARE
 from carekit.normalize import PREDICT_PERCENTILES, normalize, percentiles, scale_of
+from carekit.predict import default_memory
 from carekit.train import fit, make_config, resumable
 
 SLAB_BYTES = 256 * 2**20  # upsampled input held per slab
-# Activation budget per batch of planes when none is given: the whole output volume is held
-# beside it, so less than plain prediction's 1.5 GiB (100x1024x1024 at factor 4 stays under 4 GB).
+# Activation budget per batch of planes on the CPU when none is given: the whole output volume
+# is held beside it, so less than plain prediction's 1.5 GiB (100x1024x1024 at factor 4 stays
+# under 4 GB). On CUDA the activations live on the GPU, so plain prediction's budget applies.
 PLANES_MEMORY = 512 * 2**20
+
+
+def planes_memory(engine: Engine) -> int:
+    """The default activation budget of axial prediction on ``engine``."""
+    return default_memory(engine) if engine.device.type == "cuda" else PLANES_MEMORY
 
 
 def as_volume(stack, axes: str | None) -> tuple[np.ndarray, str]:
@@ -202,7 +210,8 @@ class AxialCARE(CARE):
         x, layout = self.network_input(image, axes, "ZYX")
         if x.shape[2] < 2:
             raise CarekitError(f"image has {x.shape[2]} z-slice(s); restoring along z needs at least 2")
-        options = {"n_tiles": n_tiles, "memory": memory or PLANES_MEMORY, "engine": self.engine(device, precision)}
+        engine = self.engine(device, precision)
+        options = {"n_tiles": n_tiles, "memory": memory or planes_memory(engine), "engine": engine}
         results = [self.restore_volume(v, factor, progress=progress, **options) for v in x]
         parts = []
         for i in range(2):
@@ -240,7 +249,7 @@ class IsotropicCARE(AxialCARE):
     def restore_volume(self, volume: np.ndarray, factor: float, *, progress: bool = False, **options) -> tuple:
         """``(C, Z, Y, X)`` raw -> ``(C, Z', Y, X)`` restored, in slabs of XZ then YZ planes."""
         c, z, ny, nx = volume.shape
-        lo, hi = percentiles(volume[None], PREDICT_PERCENTILES)
+        lo, hi = percentiles(volume[None], PREDICT_PERCENTILES, options["engine"].device)
         lo, hi = lo[0], hi[0]  # (C, 1, 1, 1)
         positions = upsampled_positions(z, factor)
         c_out = self.config.n_channel_out
@@ -269,7 +278,7 @@ class UpsamplingCARE(AxialCARE):
     mode = "upsampling"
 
     def restore_volume(self, volume: np.ndarray, factor: float, *, progress: bool = False, **options) -> tuple:
-        lo, hi = percentiles(volume[None], PREDICT_PERCENTILES)
+        lo, hi = percentiles(volume[None], PREDICT_PERCENTILES, options["engine"].device)
         fine = resample_axis(normalize(volume, lo[0], hi[0]), 1, upsampled_positions(volume.shape[1], factor))
         return self.volume_intensities(self.planes(fine[None], **options)[0], lo[0], hi[0])
 
