@@ -4,6 +4,7 @@
     python benchmarks/defaults.py --variants paper,default --seeds 0
     python benchmarks/defaults.py --photons 100 --variants default,default-residual,default-mse --seeds 0
     python benchmarks/defaults.py --variants default,default-depth3 --name defaults-depth3
+    python benchmarks/defaults.py --variants jittered,fixed,fixed-ema --name defaults-normalisation
 
 Each variant trains for ``--seconds`` (120, as ``carekit demo``) on the demo data and restores
 the demo's test region; one JSON line per run (PSNR, with 8-fold test-time augmentation too),
@@ -25,18 +26,44 @@ from carekit import demo
 from carekit.train import train
 
 RESULTS = Path(__file__).parent / "results"
-PAPER = {"kernel_size": 5, "batch_norm": False, "residual": True}
-FAST = {"kernel_size": 3, "batch_norm": True, "residual": False}
+# training settings given in full: percentile jitter, no weight average (the defaults)
+TRAINING = {"intensity_jitter": True, "ema": 0.0}
+PAPER = {"kernel_size": 5, "batch_norm": False, "residual": True, **TRAINING}
+FAST = {"kernel_size": 3, "batch_norm": True, "residual": False, **TRAINING}
+CHOSEN = {**FAST, "residual": None}
 VARIANTS = {
     "paper": {**PAPER, "patch_size": (64, 64), "batch_size": 16},
     "paper-p96": {**PAPER, "patch_size": (96, 96), "batch_size": 8},
     "k3-bn": {**FAST, "patch_size": (64, 64), "batch_size": 16},
+    # the residual chosen from the data (off at 10 photons, on at 100) with jittered percentiles,
+    # fixed ones, fixed ones and a weight average, and the jitter chosen with the residual
+    # (carekit's defaults)
+    "jittered": {**CHOSEN, "patch_size": (96, 96), "batch_size": 8},
+    "fixed": {**CHOSEN, "patch_size": (96, 96), "batch_size": 8, "intensity_jitter": False},
+    "fixed-ema": {**CHOSEN, "patch_size": (96, 96), "batch_size": 8, "intensity_jitter": False, "ema": 0.99},
+    "chosen": {**CHOSEN, "patch_size": (96, 96), "batch_size": 8, "intensity_jitter": None},
     "default": {**FAST, "patch_size": (96, 96), "batch_size": 8},
+    # "default-*": the default at 10 photons (residual off) with one change
     "default-cosine": {**FAST, "patch_size": (96, 96), "batch_size": 8, "lr_schedule": "cosine"},
     "default-residual": {**FAST, "residual": True, "patch_size": (96, 96), "batch_size": 8},
     "default-mse": {**FAST, "patch_size": (96, 96), "batch_size": 8, "loss": "mse"},
     "default-depth3": {**FAST, "depth": 3, "patch_size": (96, 96), "batch_size": 8},
-}
+    "default-depth3-f24": {**FAST, "depth": 3, "n_first": 24, "patch_size": (96, 96), "batch_size": 8},
+    "default-depth4": {**FAST, "depth": 4, "patch_size": (96, 96), "batch_size": 8},
+    "default-k5": {**FAST, "kernel_size": 5, "patch_size": (96, 96), "batch_size": 8},
+    "default-nconv3": {**FAST, "n_conv": 3, "patch_size": (96, 96), "batch_size": 8},
+    "default-lr1e-4": {**FAST, "learning_rate": 1e-4, "patch_size": (96, 96), "batch_size": 8},
+    "default-ema": {**FAST, "ema": 0.99, "patch_size": (96, 96), "batch_size": 8},
+    "default-ema995": {**FAST, "ema": 0.995, "patch_size": (96, 96), "batch_size": 8},
+    "default-everywhere": {**FAST, "background_threshold": 0.0, "patch_size": (96, 96), "batch_size": 8},
+    "default-noval": {**FAST, "validation_fraction": 0.0, "patch_size": (96, 96), "batch_size": 8},
+    "fixed-f48": {**FAST, "intensity_jitter": False, "n_first": 48, "patch_size": (96, 96), "batch_size": 8},
+    "fixed-lr8e-4": {**FAST, "intensity_jitter": False, "learning_rate": 8e-4, "patch_size": (96, 96), "batch_size": 8},
+    "fixed-ema-lr8e-4": {**FAST, "intensity_jitter": False, "ema": 0.99, "learning_rate": 8e-4, "patch_size": (96, 96),
+                         "batch_size": 8},
+    "fixed-ema-lr1.6e-3": {**FAST, "intensity_jitter": False, "ema": 0.99, "learning_rate": 1.6e-3,
+                           "patch_size": (96, 96), "batch_size": 8},
+}  # fmt: skip
 
 
 def run(name: str, seed: int, seconds: float, photons: float) -> dict:

@@ -168,3 +168,12 @@ def test_train_flags_choose_the_paper_network(folders, tmp_path):
                  "--model", str(out), *FAST, "--no-batch-norm", "--residual", "--epochs", "1"]) == 0  # fmt: skip
     net = json.loads((out / "config.json").read_text())["net"]
     assert (net["batch_norm"], net["residual"]) == (False, True)
+
+
+def test_train_flags_for_the_weight_average_and_fixed_percentiles(folders, tmp_path):
+    out = tmp_path / "ema"
+    flags = ["--ema", "0.9", "--no-intensity-jitter", "--epochs", "1"]
+    assert main(["train", "--low", str(folders / "low"), "--high", str(folders / "high"), "--axes", "YX",
+                 "--model", str(out), *FAST, *flags]) == 0  # fmt: skip
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert (train["ema"], train["intensity_jitter"]) == (0.9, False)

@@ -39,6 +39,20 @@ def test_input_and_target_are_augmented_together():
     np.testing.assert_allclose(xs, ys, atol=1e-5)
 
 
+def test_patches_take_fixed_percentiles_unless_jittered():
+    rng = np.random.default_rng(2)
+    high = rng.random((1, 32, 32)).astype(np.float32)
+    pair = ImagePair("r", 3 * high, high)
+    ys = {}
+    for jitter in (False, True):
+        sampler = PatchSampler([pair], (32, 32), val_fraction=0.0, threshold=0.0, augment=False, jitter=jitter)
+        ys[jitter] = sampler.batch(np.random.default_rng(0), 8)[1]  # every patch is the whole image
+    lo, hi = np.percentile(high, (2.0, 99.8))
+    for y in ys[False]:
+        np.testing.assert_allclose(y[0], (high[0] - lo) / (hi - lo), rtol=1e-5, atol=1e-6)
+    assert np.ptp(ys[True].max(axis=(1, 2, 3))) > 1e-3  # jittered: the scale moves from patch to patch
+
+
 def test_validation_slab_never_overlaps_training():
     pair = square_pair(128)
     sampler = PatchSampler([pair], (32, 32), val_fraction=0.25, threshold=0.0)

@@ -131,8 +131,50 @@ def test_residual_follows_how_close_inputs_are_to_targets(tmp_path):
     for peak in (3, 1000):
         low = noisy(clean, peak=peak)
         assert (input_fidelity(pairs_from_arrays(low, clean, "YX", "YX")) >= RESIDUAL_FROM_DB) == (peak == 1000)
-        chosen[peak] = carekit.train(low, clean, "YX", tmp_path / f"p{peak}", **kw).config.net.residual
-    assert chosen == {3: False, 1000: True}
+        config = carekit.train(low, clean, "YX", tmp_path / f"p{peak}", **kw).config
+        chosen[peak] = (config.net.residual, config.train.intensity_jitter)  # the jitter follows the residual
+    assert chosen == {3: (False, False), 1000: (True, True)}
     # asked for explicitly, the setting stands
     forced = carekit.train(noisy(clean, peak=3), clean, "YX", tmp_path / "forced", residual=True, **kw)
     assert forced.config.net.residual is True
+
+
+def test_weight_average_follows_the_trained_weights():
+    import torch
+
+    from carekit.train import AveragedWeights
+
+    net = torch.nn.Linear(3, 2)
+    average = AveragedWeights(net, decay=0.9)
+    start = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    average.update(net)  # first step: decay ramps from 2/11, not 0.9
+    np.testing.assert_allclose(average.net.weight.numpy(), (start + 9 / 11).numpy(), rtol=1e-6)
+    for _ in range(200):
+        average.update(net)
+    np.testing.assert_allclose(average.net.weight.numpy(), net.weight.detach().numpy(), atol=1e-6)
+    assert not any(p.requires_grad for p in average.net.parameters())
+
+
+def test_training_with_a_weight_average_saves_and_resumes_it(tmp_path):
+    from safetensors.torch import load_file
+
+    from carekit.train import make_config
+
+    clean = blobs((64, 64), seed=2)
+    low = noisy(clean)
+    kw = {"patch_size": (32, 32), "progress": False, "ema": 0.9, **TINY}
+    model = carekit.train(low, clean, "YX", tmp_path / "m", epochs=1, steps_per_epoch=6, **kw)
+    assert model.config.train.ema == 0.9
+    state = load_file(str(tmp_path / "m" / "last.safetensors"))
+    # one epoch, so the saved (best) weights are the average, not the last trained weights
+    saved = model.net.state_dict()
+    key = next(k for k in saved if k.endswith("weight"))
+    np.testing.assert_array_equal(saved[key].numpy(), state[f"ema.{key}"].numpy())
+    assert not np.array_equal(saved[key].numpy(), state[f"net.{key}"].numpy())
+    assert int(state["ema_steps"][0]) == 6
+    carekit.train(low, clean, "YX", tmp_path / "m", epochs=2, resume=True, **kw)
+    assert int(load_file(str(tmp_path / "m" / "last.safetensors"))["ema_steps"][0]) == 12
+    with pytest.raises(CarekitError, match="ema must be in"):
+        make_config("YX", (1, 1), {"ema": 1.0})

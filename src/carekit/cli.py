@@ -115,6 +115,14 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--learning-rate", type=float)
     t.add_argument("--loss", choices=["mae", "mse"])
     t.add_argument(
+        "--ema", type=float, metavar="DECAY", help="save a running average of the weights, this decay per step (0: off)"
+    )
+    t.add_argument(
+        "--intensity-jitter",
+        action=argparse.BooleanOptionalAction,
+        help="normalise training patches with random percentiles (default: with the residual; else fixed 2 and 99.8)",
+    )
+    t.add_argument(
         "--kernel-size", type=int, help="denoising default 3; other modes and --probabilistic: 5 in 2D, 3 in 3D"
     )
     t.add_argument(
@@ -223,6 +231,8 @@ TRAIN_SETTINGS = (
     "batch_size",
     "learning_rate",
     "loss",
+    "ema",
+    "intensity_jitter",
     "kernel_size",
     "batch_norm",
     "residual",

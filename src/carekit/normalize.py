@@ -1,10 +1,10 @@
 """Percentile normalisation and its exact inverse.
 
 Inputs and targets are each mapped so that their low percentile goes to 0 and their
-high percentile to 1, per sample and channel. Training samples the percentiles from
-``U(1, 3)`` and ``U(99.5, 99.9)`` (a cheap intensity augmentation); prediction uses
-2 and 99.8. Restorations are mapped back to intensities afterwards, see
-:class:`IntensityMap`.
+high percentile to 1, per sample and channel: 2 and 99.8 at prediction, and in training
+the same or, with ``TrainConfig.intensity_jitter`` (by default where the network is
+residual), percentiles drawn from ``U(1, 3)`` and ``U(99.5, 99.9)``. Restorations are
+mapped back to intensities afterwards, see :class:`IntensityMap`.
 """
 
 from __future__ import annotations

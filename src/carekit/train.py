@@ -7,6 +7,7 @@ epoch, so training can stop at a time budget or an interruption and resume later
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import queue
@@ -180,6 +181,10 @@ def fit(
             f"but the data has {channels_of(pairs)}; train a new model for these data"
         )
     t = config.train
+    if config.net.residual is None:
+        config.net.residual = residual_for(pairs)
+    if t.intensity_jitter is None:  # see RESIDUAL_FROM_DB
+        t.intensity_jitter = bool(config.net.residual)
     sampler = PatchSampler(
         pairs,
         t.patch_size,
@@ -187,10 +192,9 @@ def fit(
         threshold=t.background_threshold,
         augment=t.augment,
         rotate=rotate,
+        jitter=t.intensity_jitter,
     )
     config.intensity_map = sampler.intensity_map.to_dict()
-    if config.net.residual is None:
-        config.net.residual = residual_for(pairs)
     prepare_output(model_dir / WEIGHTS, role="--model")
     torch.manual_seed(t.seed)
     care = model_class(config.mode)(
@@ -262,6 +266,34 @@ class Prefetcher:
         self.stop.set()
 
 
+class AveragedWeights:
+    """An exponential moving average of a network's weights, updated after every optimizer step.
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first steps ``n``, so
+    the average is not held back by the random initial weights; buffers (batch-norm
+    statistics) are copied, as they are averages already.
+    """
+
+    def __init__(self, net: torch.nn.Module, decay: float) -> None:
+        self.decay, self.steps = decay, 0
+        self.net = copy.deepcopy(net)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module) -> None:
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_lerp_(list(self.net.parameters()), list(net.parameters()), 1.0 - decay)
+        for mine, theirs in zip(self.net.buffers(), net.buffers(), strict=True):
+            mine.copy_(theirs)
+
+    def load(self, state: dict, tensors: dict, net: torch.nn.Module) -> None:
+        """Restore from a checkpoint; one written without an average starts from ``net``."""
+        self.net.load_state_dict(state if state else net.state_dict())
+        self.steps = int(tensors["ema_steps"][0]) if "ema_steps" in tensors else 0
+
+
 class Trainer:
     """Runs epochs, validation, checkpoints and the progress bar for one model."""
 
@@ -277,6 +309,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=engine.precision == "float16")
         self.val = sampler.validation(t.validation_patches, seed=t.seed)
         self.epoch, self.best, self.history = 0, math.inf, []
+        self.averaged = AveragedWeights(self.net, t.ema) if t.ema > 0 else None
 
     # -- one step / one pass -------------------------------------------------------
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
@@ -287,7 +320,14 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
+        if self.averaged is not None:
+            self.averaged.update(self.net)
         return float(loss.detach())
+
+    @property
+    def kept(self) -> torch.nn.Module:
+        """The weights that are validated and saved: the running average, where there is one."""
+        return self.averaged.net if self.averaged is not None else self.net
 
     def set_lr(self, lr: float) -> None:
         for group in self.opt.param_groups:
@@ -297,13 +337,14 @@ class Trainer:
         if self.val is None:
             return math.nan
         x, y = self.val
-        self.net.eval()
+        net = self.kept
+        net.eval()
         total = 0.0
         with torch.inference_mode():
             for i in range(0, len(x), self.config.train.batch_size):
                 xb, yb = x[i : i + self.config.train.batch_size], y[i : i + self.config.train.batch_size]
                 with self.engine.autocast():
-                    pred = self.net(self.engine.tensor(xb))
+                    pred = net(self.engine.tensor(xb))
                 total += float(self.loss(pred, self.engine.tensor(yb))) * len(xb)
         self.net.train()
         return total / len(x)
@@ -380,7 +421,7 @@ class Trainer:
         )
         if score < self.best:
             self.best = score
-            save_weights(self.dir / WEIGHTS, self.net)
+            save_weights(self.dir / WEIGHTS, self.kept)
         self.save_checkpoint()
         write_history(self.dir / HISTORY, self.history)
 
@@ -388,7 +429,7 @@ class Trainer:
         from carekit.figures import training_curve
 
         if not (self.dir / WEIGHTS).exists():
-            save_weights(self.dir / WEIGHTS, self.net)
+            save_weights(self.dir / WEIGHTS, self.kept)
         training_curve(self.history, self.dir / CURVE)
         load_weights(self.dir / WEIGHTS, self.care.net)
         self.care.weights_changed()
@@ -396,6 +437,9 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         tensors = {f"net.{k}": v for k, v in state_dict_cpu(self.net).items()}
+        if self.averaged is not None:
+            tensors.update({f"ema.{k}": v for k, v in state_dict_cpu(self.averaged.net).items()})
+            tensors["ema_steps"] = torch.tensor([self.averaged.steps])
         opt_state = self.opt.state_dict()
         for i, state in opt_state["state"].items():
             for name, value in state.items():
@@ -420,6 +464,8 @@ class Trainer:
         except Exception as e:
             raise CarekitError(f"{path}: cannot read checkpoint ({e}); train again without --resume") from None
         self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        if self.averaged is not None:
+            self.averaged.load({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, tensors, self.net)
         params = list(self.net.parameters())
         state: dict = {}
         for key, value in tensors.items():

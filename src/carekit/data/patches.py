@@ -8,9 +8,9 @@ images or as a slab at the far end of each image's longest lateral axis, so vali
 never sees training pixels.
 Patch positions are drawn where the target holds structure (background rejection:
 the maximum filter of size patch/2 of the target exceeds ``threshold`` times its 99.9th
-percentile), then input and target are normalised with percentiles drawn from the
-training ranges (taken over each pair's whole source: all planes of one stack or time-lapse)
-and flipped/rotated together in the lateral plane.
+percentile), then input and target are normalised with the prediction's percentiles (with
+``jitter``, percentiles drawn from the training ranges), taken over each pair's whole source
+(all planes of one stack or time-lapse), and flipped/rotated together in the lateral plane.
 """
 
 from __future__ import annotations
@@ -91,6 +91,11 @@ class PatchSampler:
     rotate : bool
         Allow rotations; off where the data's axes are not interchangeable (isotropic pairs
         are degraded along X only).
+    jitter : bool
+        Normalise each patch with percentiles drawn from ``U(1, 3)`` and ``U(99.5, 99.9)``
+        (an intensity augmentation) instead of the prediction's 2 and 99.8. Input and target
+        percentiles move differently, so the target's scale varies for the same input; training
+        turns it on only with the residual (see ``carekit.config.RESIDUAL_FROM_DB``).
     """
 
     def __init__(
@@ -102,6 +107,7 @@ class PatchSampler:
         threshold: float = 0.4,
         augment: bool = True,
         rotate: bool = True,
+        jitter: bool = False,
     ) -> None:
         if not pairs:
             raise CarekitError("no training pairs")
@@ -109,6 +115,7 @@ class PatchSampler:
         self.patch = tuple(int(p) for p in patch_size)
         self.augment = augment
         self.rotate = rotate
+        self.jitter = jitter
         ndim = pairs[0].high.ndim - 1
         if len(self.patch) != ndim:
             raise CarekitError(
@@ -248,7 +255,9 @@ class PatchSampler:
         for _ in range(size):
             region = self.train_regions[self._draw(rng, self.train_regions)]
             x, y = self._cut(region, int(region.corners[rng.integers(region.corners.size)]))
-            lo_q, hi_q = rng.uniform(*TRAIN_LOW_RANGE), rng.uniform(*TRAIN_HIGH_RANGE)
+            lo_q, hi_q = PREDICT_PERCENTILES
+            if self.jitter:
+                lo_q, hi_q = rng.uniform(*TRAIN_LOW_RANGE), rng.uniform(*TRAIN_HIGH_RANGE)
             x, y = self._normalised(region.pair, x, y, lo_q, hi_q)
             if self.augment:
                 x, y = self._augmented(rng, x, y)
