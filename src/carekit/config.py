@@ -46,7 +46,8 @@ RESIDUAL_FROM_DB = 21.0
 # the demo data (2 minutes, seeds 0 and 1) fixed percentiles restore 0.24 dB better at 10
 # photons, where the residual is off (21.63 against 21.39 dB), and jittered ones 0.06 dB
 # better at 100 photons, where it is on (26.54 against 26.49 dB); after 4 minutes of training,
-# +0.37 and -0.14 dB. Other modes keep the residual, so they keep the jitter.
+# +0.37 dB at 10 photons and -0.04 to -0.14 dB at 100 (two jittered runs). Other modes keep
+# the residual, so they keep the jitter.
 
 
 def reference_net(ndim: int) -> dict[str, Any]:
