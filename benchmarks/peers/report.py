@@ -93,10 +93,11 @@ def quality_table(level: dict, tools: list[str]) -> str:
             rows.append([name, "failed", "", "", ""])
             continue
         rows.append([name, cell(s["psnr"]), cell(s["ssim"], 3), cell(s["nrmse"], 4), s.get("steps", "")])
-    for p in PEERS:
-        gain = level["gain_db"].get(p)
-        if gain is not None:
-            rows.append([f"carekit − {p} (dB)", cell(gain), "", "", ""])
+    for key, label in (("gain_db", "carekit"), ("tta_gain_db", "carekit tta")):
+        for p in PEERS:
+            gain = level.get(key, {}).get(p)
+            if gain is not None:
+                rows.append([f"{label} − {p} (dB)", cell(gain), "", "", ""])
     gap = level.get("float32_gap_db")
     if gap is not None:
         rows.append(["carekit float32 − default (dB)", cell(gap, 3), "", "", ""])

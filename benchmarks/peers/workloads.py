@@ -112,7 +112,7 @@ def quality_jobs(tools: list[str], data: list[QualityData], budget: float, folde
     jobs = []
     for d in data:
         for t in tools:
-            names = ("default", "float32") if t == "carekit" else ("default",)
+            names = ("default", "float32", "tta") if t == "carekit" else ("default",)
             outputs = {n: str(folder / f"p{d.photons:g}-{t}-{n}.npy") for n in names}
             spec = {"task": "quality", "budget": budget, "outputs": outputs}
             spec.update(train_low=str(d.train_low), train_high=str(d.train_high), test_low=str(d.test_low))
@@ -137,12 +137,16 @@ def score_level(data: QualityData, jobs: list[Job]) -> dict:
             label = job.tool if name == "default" else f"{job.tool} {name}"
             scores[label] = {**demo.scores(np.load(path), data.test_truth), "steps": job.result.get("steps")}
     psnr = {k: v.get("psnr") for k, v in scores.items()}
-    gains = {p: psnr["carekit"] - psnr[p] for p in ("csbdeep", "careamics") if psnr.get(p) and psnr.get("carekit")}
+
+    def over_peers(label: str) -> dict:
+        return {p: psnr[label] - psnr[p] for p in ("csbdeep", "careamics") if psnr.get(p) and psnr.get(label)}
+
     gap = psnr["carekit float32"] - psnr["carekit"] if psnr.get("carekit float32") and psnr.get("carekit") else None
     return {
         "photons": data.photons,
         "nlm_parameters": nlm_params,
         "scores": scores,
-        "gain_db": gains,
+        "gain_db": over_peers("carekit"),
+        "tta_gain_db": over_peers("carekit tta"),
         "float32_gap_db": gap,
     }
