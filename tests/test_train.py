@@ -178,3 +178,5 @@ def test_training_with_a_weight_average_saves_and_resumes_it(tmp_path):
     assert int(load_file(str(tmp_path / "m" / "last.safetensors"))["ema_steps"][0]) == 12
     with pytest.raises(CarekitError, match="ema must be in"):
         make_config("YX", (1, 1), {"ema": 1.0})
+    with pytest.raises(CarekitError, match="intensity jitter must be"):
+        make_config("YX", (1, 1), {"intensity_jitter": 1})

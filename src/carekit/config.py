@@ -158,7 +158,8 @@ class TrainConfig:
         )
         _require(0 < self.lr_factor < 1, f"lr factor must be in (0, 1), got {self.lr_factor}")
         _require(0 <= self.ema < 1, f"ema must be in [0, 1) (0 turns it off), got {self.ema}")
-        _require(self.intensity_jitter in (None, True, False), "intensity jitter must be true, false or null")
+        jitter = self.intensity_jitter
+        _require(jitter is None or isinstance(jitter, bool), f"intensity jitter must be true, false or null: {jitter}")
         _require(0 <= self.validation_fraction < 1, "validation fraction must be in [0, 1)")
         _require(self.validation_patches >= 0, "validation patches must be >= 0")
         _require(0 <= self.background_threshold < 1, "background threshold must be in [0, 1)")
