@@ -288,9 +288,10 @@ class AveragedWeights:
         for mine, theirs in zip(self.net.buffers(), net.buffers(), strict=True):
             mine.copy_(theirs)
 
-    def load(self, state: dict, tensors: dict, net: torch.nn.Module) -> None:
-        """Restore from a checkpoint; one written without an average starts from ``net``."""
-        self.net.load_state_dict(state if state else net.state_dict())
+    def load(self, tensors: dict, net: torch.nn.Module) -> None:
+        """Restore from a checkpoint's tensors; one written without an average starts from ``net``."""
+        state = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        self.net.load_state_dict(state or net.state_dict())
         self.steps = int(tensors["ema_steps"][0]) if "ema_steps" in tensors else 0
 
 
@@ -465,7 +466,7 @@ class Trainer:
             raise CarekitError(f"{path}: cannot read checkpoint ({e}); train again without --resume") from None
         self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         if self.averaged is not None:
-            self.averaged.load({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, tensors, self.net)
+            self.averaged.load(tensors, self.net)
         params = list(self.net.parameters())
         state: dict = {}
         for key, value in tensors.items():
