@@ -2,11 +2,21 @@ import numpy as np
 import pytest
 import torch
 
+from carekit import predict
 from carekit.config import Config, NetConfig
 from carekit.engine import Engine, choose_engine
 from carekit.model import CARE
 from carekit.nets.unet import UNet
-from carekit.predict import DEFAULT_MEMORY, GPU_MAX_MEMORY, auto_tiles, default_memory, predict_tiled, spans
+from carekit.predict import (
+    CPU_MAX_MEMORY,
+    DEFAULT_MEMORY,
+    GPU_MAX_MEMORY,
+    auto_tiles,
+    available_memory,
+    default_memory,
+    predict_tiled,
+    spans,
+)
 
 
 def tiled(net, x, n_tiles):
@@ -62,7 +72,25 @@ def test_default_budget_is_a_share_of_free_gpu_memory(monkeypatch, free_gib, exp
     gpu = Engine(torch.device("cuda"), "bfloat16")
     assert default_memory(gpu) == int(expected_gib * 2**30)
     assert default_memory(gpu) <= GPU_MAX_MEMORY
-    assert default_memory(choose_engine("cpu", "float32")) == DEFAULT_MEMORY
+
+
+@pytest.mark.parametrize(("available_gib", "expected_gib"), [(64, 5), (12, 3), (4, 1.5)])
+def test_default_budget_on_cpu_is_a_share_of_available_memory(monkeypatch, available_gib, expected_gib):
+    monkeypatch.setattr(predict, "available_memory", lambda: int(available_gib * 2**30))
+    cpu = choose_engine("cpu", "float32")
+    assert default_memory(cpu) == int(expected_gib * 2**30)
+    assert DEFAULT_MEMORY <= default_memory(cpu) <= CPU_MAX_MEMORY
+
+
+def test_available_memory_stays_within_the_cgroup_limit(tmp_path):
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.current").write_text(f"{2**30}\n")
+    free = available_memory(tmp_path)
+    assert free > 0
+    (tmp_path / "memory.max").write_text(f"{2**30 + 2**28}\n")
+    assert available_memory(tmp_path) == min(free, 2**28)
+    (tmp_path / "memory.current").write_text(f"{2**31}\n")
+    assert available_memory(tmp_path) == 0
 
 
 def test_model_predict_tiles_and_keeps_axes():

@@ -160,8 +160,8 @@ def parser() -> argparse.ArgumentParser:
         "--memory",
         type=float,
         metavar="GB",
-        help="per batch of tiles (1.5 on CPU, 1/4 of free GPU memory on CUDA up to 8; isotropic and upsampling "
-        "models 0.5); per block for .zarr (1)",
+        help="per batch of tiles (CPU: 1/4 of available memory, 1.5 to 5; CUDA: 1/4 of free GPU memory up to 8; "
+        "isotropic and upsampling models on CPU 0.5); per block for .zarr (1)",
     )
     p.add_argument("--factor", type=float, help="isotropic/upsampling models: override the z factor")
     p.add_argument("--height-map", metavar="PATH", help="projection models: also write the surface height map")
