@@ -82,15 +82,32 @@ def test_default_budget_on_cpu_is_a_share_of_available_memory(monkeypatch, avail
     assert DEFAULT_MEMORY <= default_memory(cpu) <= CPU_MAX_MEMORY
 
 
-def test_available_memory_stays_within_the_cgroup_limit(tmp_path):
-    (tmp_path / "memory.max").write_text("max\n")
-    (tmp_path / "memory.current").write_text(f"{2**30}\n")
-    free = available_memory(tmp_path)
-    assert free > 0
-    (tmp_path / "memory.max").write_text(f"{2**30 + 2**28}\n")
-    assert available_memory(tmp_path) == min(free, 2**28)
-    (tmp_path / "memory.current").write_text(f"{2**31}\n")
-    assert available_memory(tmp_path) == 0
+def limits(folder, limit, used, version="v2"):
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {"v2": ("memory.max", "memory.current"), "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes")}[version]
+    (folder / names[0]).write_text(f"{limit}\n")
+    (folder / names[1]).write_text(f"{used}\n")
+
+
+def test_available_memory_stays_within_the_tightest_cgroup_limit(tmp_path):
+    free = available_memory(tmp_path, "")
+    assert free > 2**20
+    (tmp_path / "cgroup.controllers").write_text("memory\n")
+    limits(tmp_path / "job" / "step", "max", 2**30)
+    assert available_memory(tmp_path, "0::/job/step\n") == free  # no limit anywhere
+    limits(tmp_path / "job", 2**30 + 2**28, 2**30)  # the job's limit binds its step too
+    assert available_memory(tmp_path, "0::/job/step\n") == min(free, 2**28)
+    limits(tmp_path / "job", 2**30, 2**31)
+    assert available_memory(tmp_path, "0::/job/step\n") == 0
+
+
+def test_available_memory_reads_cgroup_v1_and_ignores_its_unlimited_value(tmp_path):
+    membership = "5:cpu,cpuacct:/slurm/job\n4:memory:/slurm/job\n0::/\n"
+    limits(tmp_path / "memory" / "slurm" / "job", 9223372036854771712, 2**30, "v1")
+    free = available_memory(tmp_path, membership)
+    assert free > 2**20
+    limits(tmp_path / "memory" / "slurm", 2**30 + 2**29, 2**30, "v1")
+    assert available_memory(tmp_path, membership) == min(free, 2**29)
 
 
 def test_model_predict_tiles_and_keeps_axes():

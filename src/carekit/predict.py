@@ -30,18 +30,53 @@ GPU_MAX_MEMORY = 8 * 2**30  # ... up to this many bytes
 MAX_BATCH = 16
 
 
-def available_memory(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
-    """Bytes this process can still allocate: the system's available memory, within its cgroup's limit.
+CGROUP_MEMORY = {"v2": ("memory.max", "memory.current"), "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes")}
+UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def cgroup_headroom(root: Path, membership: str) -> int | None:
+    """Bytes left under the tightest memory limit of the cgroups in ``membership`` and their parents.
+
+    ``membership`` is ``/proc/self/cgroup``; ``root`` where the hierarchies are mounted (cgroup v2
+    at the root or under ``unified``, v1's memory controller under ``memory``). None: no limit.
+    """
+    headroom = None
+    for line in membership.splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            version, base = "v2", root if (root / "cgroup.controllers").exists() else root / "unified"
+        elif "memory" in controllers.split(","):
+            version, base = "v1", root / "memory"
+        else:
+            continue
+        limit_file, usage_file = CGROUP_MEMORY[version]
+        folder = base / path.strip("/")
+        for d in (folder, *folder.parents):
+            try:
+                limit, usage = (d / limit_file).read_text().strip(), int((d / usage_file).read_text())
+            except (OSError, ValueError):
+                limit = None
+            if limit is not None and limit != "max" and int(limit) < UNLIMITED:
+                left = max(0, int(limit) - usage)
+                headroom = left if headroom is None else min(headroom, left)
+            if d == base:
+                break
+    return headroom
+
+
+def available_memory(root: Path = Path("/sys/fs/cgroup"), membership: str | None = None) -> int:
+    """Bytes this process can still allocate: the system's available memory, within its cgroups' limits.
 
     A job on a shared cluster node sees the whole node's free memory but may use only its own limit.
     """
     free = psutil.virtual_memory().available
-    try:
-        limit = (cgroup / "memory.max").read_text().strip()
-        used = int((cgroup / "memory.current").read_text())
-    except (OSError, ValueError):
-        return free
-    return free if limit == "max" else min(free, max(0, int(limit) - used))
+    if membership is None:
+        try:
+            membership = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return free
+    headroom = cgroup_headroom(root, membership)
+    return free if headroom is None else min(free, headroom)
 
 
 def default_memory(engine: Engine) -> int:
