@@ -27,6 +27,7 @@ from carekit.data.pairs import ImagePair, load_pairs
 from carekit.data.patches import PatchSampler
 from carekit.engine import Engine, choose_engine
 from carekit.errors import CarekitError
+from carekit.heap import reuse_freed_memory
 from carekit.io import prepare_output, read_json, write_atomic, write_json
 from carekit.metrics import decibels, fitted_error
 from carekit.model import (
@@ -367,40 +368,41 @@ class Trainer:
         )
         self.net.train()
         out_of_time = False
-        try:
-            while self.epoch < t.epochs and not out_of_time:
-                losses = []
-                feed = Prefetcher(self.sampler.batches([t.seed, self.epoch], t.steps_per_epoch, t.batch_size))
-                try:
-                    for x, y in feed:
-                        if t.lr_schedule == "cosine":
-                            done = (self.epoch * t.steps_per_epoch + len(losses)) / (t.epochs * t.steps_per_epoch)
-                            if time_budget:
-                                done = max(done, (time.monotonic() - start) / time_budget)
-                            self.set_lr(t.learning_rate * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
-                        losses.append(self.step(x, y))
-                        bar.update(1)
-                        if len(losses) % 10 == 0:
-                            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
-                        if time_budget is not None and time.monotonic() - start >= time_budget:
-                            out_of_time = True
-                            break
-                finally:
-                    feed.close()
-                self.end_epoch(losses, spent + time.monotonic() - start)
-                bar.set_postfix(
-                    loss=f"{self.history[-1]['loss']:.4f}",
-                    val=f"{self.history[-1]['val_loss']:.4f}",
-                    lr=f"{self.opt.param_groups[0]['lr']:.1e}",
-                )
-        except KeyboardInterrupt:
-            bar.close()
-            raise CarekitError(
-                f"training interrupted after epoch {self.epoch}; the best model is in {self.dir}, "
-                "continue with --resume"
-            ) from None
-        finally:
-            bar.close()
+        with reuse_freed_memory():  # large tensors of every step come back from the heap
+            try:
+                while self.epoch < t.epochs and not out_of_time:
+                    losses = []
+                    feed = Prefetcher(self.sampler.batches([t.seed, self.epoch], t.steps_per_epoch, t.batch_size))
+                    try:
+                        for x, y in feed:
+                            if t.lr_schedule == "cosine":
+                                done = (self.epoch * t.steps_per_epoch + len(losses)) / (t.epochs * t.steps_per_epoch)
+                                if time_budget:
+                                    done = max(done, (time.monotonic() - start) / time_budget)
+                                self.set_lr(t.learning_rate * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
+                            losses.append(self.step(x, y))
+                            bar.update(1)
+                            if len(losses) % 10 == 0:
+                                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+                            if time_budget is not None and time.monotonic() - start >= time_budget:
+                                out_of_time = True
+                                break
+                    finally:
+                        feed.close()
+                    self.end_epoch(losses, spent + time.monotonic() - start)
+                    bar.set_postfix(
+                        loss=f"{self.history[-1]['loss']:.4f}",
+                        val=f"{self.history[-1]['val_loss']:.4f}",
+                        lr=f"{self.opt.param_groups[0]['lr']:.1e}",
+                    )
+            except KeyboardInterrupt:
+                bar.close()
+                raise CarekitError(
+                    f"training interrupted after epoch {self.epoch}; the best model is in {self.dir}, "
+                    "continue with --resume"
+                ) from None
+            finally:
+                bar.close()
         self.finish()
         return self.history
 
