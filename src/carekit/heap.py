@@ -38,10 +38,9 @@ def glibc() -> ctypes.CDLL | None:
         return None
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.gnu_get_libc_version, libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc only)
-    except (OSError, AttributeError):
+    except OSError:
         return None
-    return libc
+    return libc if all(hasattr(libc, f) for f in ("gnu_get_libc_version", "mallopt", "malloc_trim")) else None
 
 
 @contextlib.contextmanager

@@ -53,11 +53,12 @@ def cgroup_headroom(root: Path, membership: str) -> int | None:
         folder = base / path.strip("/")
         for d in (folder, *folder.parents):
             try:
-                limit, usage = (d / limit_file).read_text().strip(), int((d / usage_file).read_text())
+                limit = (d / limit_file).read_text().strip()
+                limited = limit != "max" and int(limit) < UNLIMITED
+                left = max(0, int(limit) - int((d / usage_file).read_text())) if limited else None
             except (OSError, ValueError):
-                limit = None
-            if limit is not None and limit != "max" and int(limit) < UNLIMITED:
-                left = max(0, int(limit) - usage)
+                left = None
+            if left is not None:
                 headroom = left if headroom is None else min(headroom, left)
             if d == base:
                 break
