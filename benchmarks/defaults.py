@@ -63,6 +63,10 @@ VARIANTS = {
                          "batch_size": 8},
     "fixed-ema-lr1.6e-3": {**FAST, "intensity_jitter": False, "ema": 0.99, "learning_rate": 1.6e-3,
                            "patch_size": (96, 96), "batch_size": 8},
+    # levers where the residual is on (100 photons): no batch norm, CAREamics' batch shape, MSE
+    "residual-nobn": {**FAST, "residual": True, "batch_norm": False, "patch_size": (96, 96), "batch_size": 8},
+    "residual-p64": {**FAST, "residual": True, "patch_size": (64, 64), "batch_size": 16},
+    "residual-mse": {**FAST, "residual": True, "loss": "mse", "patch_size": (96, 96), "batch_size": 8},
 }  # fmt: skip
 
 

@@ -132,11 +132,14 @@ def test_residual_follows_how_close_inputs_are_to_targets(tmp_path):
         low = noisy(clean, peak=peak)
         assert (input_fidelity(pairs_from_arrays(low, clean, "YX", "YX")) >= RESIDUAL_FROM_DB) == (peak == 1000)
         config = carekit.train(low, clean, "YX", tmp_path / f"p{peak}", **kw).config
-        chosen[peak] = (config.net.residual, config.train.intensity_jitter)  # the jitter follows the residual
-    assert chosen == {3: (False, False), 1000: (True, True)}
-    # asked for explicitly, the setting stands
+        # the jitter follows the residual, batch norm goes against it
+        chosen[peak] = (config.net.residual, config.train.intensity_jitter, config.net.batch_norm)
+    assert chosen == {3: (False, False, True), 1000: (True, True, False)}
+    # asked for explicitly, the settings stand
     forced = carekit.train(noisy(clean, peak=3), clean, "YX", tmp_path / "forced", residual=True, **kw)
-    assert forced.config.net.residual is True
+    assert (forced.config.net.residual, forced.config.net.batch_norm) == (True, False)
+    both = carekit.train(noisy(clean, peak=3), clean, "YX", tmp_path / "both", residual=True, batch_norm=True, **kw)
+    assert (both.config.net.residual, both.config.net.batch_norm) == (True, True)
 
 
 def test_weight_average_follows_the_trained_weights():

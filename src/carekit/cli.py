@@ -128,7 +128,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--batch-norm",
         action=argparse.BooleanOptionalAction,
-        help="batch normalisation after convolutions (denoising default: on)",
+        help="batch normalisation after convolutions (denoising default: on without the residual, off with it)",
     )
     t.add_argument(
         "--residual",

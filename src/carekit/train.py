@@ -138,6 +138,8 @@ def train(
     spatial = saved.spatial if saved else settings.get("spatial") or default_spatial(axes)
     pairs = load_pairs(low, high, axes, spatial)
     config = saved or make_config(axes, channels_of(pairs), settings)
+    if saved is None and "batch_norm" not in settings:
+        config.net.batch_norm = None  # chosen with the residual (see FAST_DENOISE)
     return fit(pairs, config, model_dir, resume=resume, time_budget=time_budget, device=device, progress=progress)
 
 
@@ -184,6 +186,8 @@ def fit(
     t = config.train
     if config.net.residual is None:
         config.net.residual = residual_for(pairs)
+    if config.net.batch_norm is None:  # see FAST_DENOISE
+        config.net.batch_norm = not config.net.residual
     if t.intensity_jitter is None:  # see RESIDUAL_FROM_DB
         t.intensity_jitter = bool(config.net.residual)
     sampler = PatchSampler(
