@@ -8,8 +8,8 @@ memory. On leaving the outermost scope, the thresholds go to glibc's settled val
 heap goes back to the system (``malloc_trim``). Prediction does not use it: each call would start
 from an empty heap, and the differently sized feature maps of one large window fragment it
 (64x512x512 in 3D: 4 % slower, 1.2 GB more; 100x1024x1024 in nine windows: 140.1 against
-139.9 s, 1 GB more). Elsewhere than glibc, or with
-``CAREKIT_HEAP_REUSE=0`` in the environment, nothing changes.
+139.9 s, 1 GB more). Elsewhere than glibc, or with ``CAREKIT_HEAP_REUSE=0`` in the environment,
+nothing changes.
 """
 
 from __future__ import annotations
