@@ -102,10 +102,20 @@ def test_unknown_setting():
 
 
 def test_default_networks_by_mode():
-    from carekit.config import Config, NetConfig
+    from carekit.config import AxialConfig, Config, NetConfig
+    from carekit.train import make_config
 
-    plain = Config(axes="YX")  # the residual is chosen from the data when training starts
-    assert (plain.net.kernel_size, plain.net.batch_norm, plain.net.residual) == (3, True, None)
+    plain = Config(axes="YX")  # residual and batch norm are chosen from the data when training starts
+    assert (plain.net.kernel_size, plain.net.batch_norm, plain.net.residual) == (3, None, None)
+    assert (plain.net.settled(True).residual, plain.net.settled(True).batch_norm) == (True, False)
+    assert (plain.net.settled().residual, plain.net.settled().batch_norm) == (False, True)  # as built untrained
+    # the other modes: kernel 3, batch norm and the residual, however the configuration is built
+    axial = AxialConfig(factor=2.0)
+    for mode, spatial in (("isotropic", "YX"), ("upsampling", "ZYX")):
+        direct = Config(axes="ZYX", mode=mode, spatial=spatial, axial=axial).net
+        built = make_config("ZYX", (1, 1), {"spatial": spatial}, mode, axial=axial).net
+        assert direct == built and (built.kernel_size, built.batch_norm, built.residual) == (3, True, True)
+    assert make_config("ZYX", (1, 1), {"spatial": "YX"}, "isotropic", axial=axial).train.patch_size == (96, 96)
     assert (plain.train.patch_size, plain.train.batch_size) == ((96, 96), 8)
     assert Config(axes="ZYX").train.patch_size == (16, 64, 64)
     prob = Config(axes="YX", net=NetConfig(probabilistic=True))  # keeps the CARE paper's network

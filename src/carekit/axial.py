@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from carekit.axes import check_axes, from_net, to_net
-from carekit.config import AxialConfig, Config
+from carekit.config import AxialConfig
 from carekit.data.camera import resample_axis, upsampled_positions
 from carekit.data.isotropic import anisotropic_kernel, anisotropic_sigma, isotropic_pairs, upsampling_pairs
 from carekit.engine import Engine
@@ -141,9 +141,7 @@ def train_isotropic(
     x, _ = to_net(data, axes, "ZYX", what="stack")
     planes = np.moveaxis(x, 2, 1).reshape(-1, x.shape[1], *x.shape[3:])  # every lateral plane: (N*Z, C, Y, X)
     pairs = isotropic_pairs(planes, axial.factor, seed=settings.get("seed", 0), **options)
-    config = saved or make_config(axes, (x.shape[1], x.shape[1]), {**settings, "spatial": "YX"})
-    config.mode, config.axial = "isotropic", axial
-    config = Config.from_dict(config.to_dict())
+    config = saved or make_config(axes, (x.shape[1],) * 2, {**settings, "spatial": "YX"}, "isotropic", axial=axial)
     return fit(
         pairs, config, model_dir, resume=resume, time_budget=time_budget, device=device, progress=progress, rotate=False
     )
@@ -170,9 +168,7 @@ def train_upsampling(
     axial, _ = axial_settings(saved.axial.factor if saved else factor, None, None, None, 0.0, None)
     x, _ = to_net(data, axes, "ZYX", what="stack")
     pairs = [p for volume in x for p in upsampling_pairs(volume, axial.factor)]
-    config = saved or make_config(axes, (x.shape[1], x.shape[1]), settings)
-    config.mode, config.axial = "upsampling", axial
-    config = Config.from_dict(config.to_dict())
+    config = saved or make_config(axes, (x.shape[1],) * 2, settings, "upsampling", axial=axial)
     return fit(pairs, config, model_dir, resume=resume, time_budget=time_budget, device=device, progress=progress)
 
 

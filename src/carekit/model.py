@@ -81,6 +81,7 @@ class CARE:
             CARE.by_mode[cls.mode] = cls
 
     def __init__(self, config: Config, net: UNet | None = None, directory: str | Path | None = None) -> None:
+        config.net = config.net.settled()  # a model built without training: no residual unless asked
         self.config = config
         self.net = net if net is not None else build_net(config)
         self.directory = Path(directory) if directory is not None else None

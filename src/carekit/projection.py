@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from carekit.axes import check_axes, from_net, to_net
-from carekit.config import Config, ProjectionConfig
+from carekit.config import ProjectionConfig
 from carekit.data.pairs import ImagePair, check_channels, match_files, per_sample
 from carekit.errors import CarekitError
 from carekit.io import check_finite, read_with_axes
@@ -101,12 +101,10 @@ def train_projection(
     saved = resumable(model_dir, resume, overwrite, settings.get("epochs"))
     axes = saved.axes if saved else axes
     pairs = load_projection_pairs(low, high, axes)
-    if saved is None:
-        config = make_config(axes, (pairs[0].low.shape[0], pairs[0].high.shape[0]), {**settings, "spatial": "YX"})
-        config.mode, config.projection = "projection", ProjectionConfig(**proj)
-        config = Config.from_dict(config.to_dict())
-    else:
-        config = saved
+    channels = (pairs[0].low.shape[0], pairs[0].high.shape[0])
+    config = saved or make_config(
+        axes, channels, {**settings, "spatial": "YX"}, "projection", projection=ProjectionConfig(**proj)
+    )
     return fit(pairs, config, model_dir, resume=resume, time_budget=time_budget, device=device, progress=progress)
 
 

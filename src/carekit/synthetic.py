@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from carekit.config import Config
 from carekit.data.camera import widefield_sigmas
 from carekit.data.pairs import ImagePair
 from carekit.data.synthetic import gaussian_psf, granules, tubules, widefield
@@ -229,10 +228,6 @@ def train_synthetic(
         recipe = load_recipe(recipe)
     pairs = generate_pairs(recipe, recipe.pairs, recipe.seed, progress)
     axes = recipe.axes
-    if saved is None:
-        config = make_config(axes, (len(recipe.channels), len(recipe.channels)), settings)
-        config.mode, config.synthetic = "synthetic", recipe.to_dict()
-        config = Config.from_dict(config.to_dict())
-    else:
-        config = saved
+    channels = (len(recipe.channels),) * 2
+    config = saved or make_config(axes, channels, settings, "synthetic", synthetic=recipe.to_dict())
     return fit(pairs, config, model_dir, resume=resume, time_budget=time_budget, device=device, progress=progress)

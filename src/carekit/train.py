@@ -82,16 +82,19 @@ def check_settings(settings: dict) -> None:
         raise CarekitError(f"unknown setting(s) {', '.join(unknown)}")
 
 
-def make_config(axes: str, channels: tuple[int, int], settings: dict) -> Config:
-    """A :class:`Config` from data facts and keyword settings (net or training fields by name)."""
+def make_config(axes: str, channels: tuple[int, int], settings: dict, mode: str = "denoise", **parts) -> Config:
+    """A :class:`Config` from data facts and keyword settings (net or training fields by name),
+    for ``mode`` with its own ``parts`` (``axial``, ``projection``, ``synthetic``)."""
     check_settings(settings)
     return Config(
         axes=axes,
+        mode=mode,
         spatial=settings.get("spatial", ""),
         n_channel_in=channels[0],
         n_channel_out=channels[1],
         net=NetConfig(**{k: v for k, v in settings.items() if k in NET_FIELDS}),
         train=TrainConfig(**{k: v for k, v in settings.items() if k in TRAIN_FIELDS}),
+        **parts,
     )
 
 
@@ -138,8 +141,6 @@ def train(
     spatial = saved.spatial if saved else settings.get("spatial") or default_spatial(axes)
     pairs = load_pairs(low, high, axes, spatial)
     config = saved or make_config(axes, channels_of(pairs), settings)
-    if saved is None and "batch_norm" not in settings:
-        config.net.batch_norm = None  # chosen with the residual (see FAST_DENOISE)
     return fit(pairs, config, model_dir, resume=resume, time_budget=time_budget, device=device, progress=progress)
 
 
@@ -184,10 +185,7 @@ def fit(
             f"but the data has {channels_of(pairs)}; train a new model for these data"
         )
     t = config.train
-    if config.net.residual is None:
-        config.net.residual = residual_for(pairs)
-    if config.net.batch_norm is None:  # see FAST_DENOISE
-        config.net.batch_norm = not config.net.residual
+    config.net = config.net.settled(residual_for(pairs) if config.net.residual is None else None)
     if t.intensity_jitter is None:  # see RESIDUAL_FROM_DB
         t.intensity_jitter = bool(config.net.residual)
     sampler = PatchSampler(
