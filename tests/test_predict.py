@@ -80,6 +80,25 @@ def test_default_budget_on_cpu_is_a_share_of_available_memory(monkeypatch, avail
     cpu = choose_engine("cpu", "float32")
     assert default_memory(cpu) == int(expected_gib * 2**30)
     assert DEFAULT_MEMORY <= default_memory(cpu) <= CPU_MAX_MEMORY
+    # the call's whole-image arrays count against the same share, down to the least default
+    whole = 2**30
+    assert default_memory(cpu, host_arrays=whole) == int(max(DEFAULT_MEMORY, expected_gib * 2**30 - whole))
+
+
+def test_large_inputs_leave_less_for_windows(monkeypatch):
+    monkeypatch.setattr(predict, "available_memory", lambda: 64 * 2**30)  # the 5 GiB cap applies
+    budgets = []
+    real = predict.auto_tiles
+
+    def record(size, halo, grid, voxels):
+        budgets.append(voxels)
+        return real(size, halo, grid, voxels)
+
+    monkeypatch.setattr(predict, "auto_tiles", record)
+    cpu = choose_engine("cpu", "float32")
+    for shape in ((1, 1, 64, 64), (1, 1, 4096, 4096)):
+        predict_tiled(lambda t: t, np.zeros(shape, np.float32), cpu, grid=(4, 4), halo=(0, 0), bytes_per_voxel=1)
+    assert budgets == [CPU_MAX_MEMORY - 2 * 64 * 64 * 4, CPU_MAX_MEMORY - 2 * 4096 * 4096 * 4]
 
 
 def limits(folder, limit, used, version="v2"):

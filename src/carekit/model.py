@@ -152,9 +152,9 @@ class CARE:
         n_tiles : tuple of int, optional
             Tiles per spatial axis; default chosen from ``memory``.
         memory : int, optional
-            Activation memory budget in bytes per batch of tiles (default a quarter of the
-            available memory, between 1.5 and 5 GiB, on CPU; on CUDA a quarter of the GPU's free
-            memory, at most 8 GiB).
+            Activation memory budget in bytes per batch of tiles (default on CPU a quarter of
+            the available memory, at most 5 GiB, less the image's padded input and output, at
+            least 1.5 GiB; on CUDA a quarter of the GPU's free memory, at most 8 GiB).
         device, precision : str
             ``"auto"`` picks CUDA if present and the fastest safe precision.
         progress : bool

@@ -80,18 +80,20 @@ def available_memory(root: Path = Path("/sys/fs/cgroup"), membership: str | None
     return free if headroom is None else min(free, headroom)
 
 
-def default_memory(engine: Engine) -> int:
+def default_memory(engine: Engine, host_arrays: int = 0) -> int:
     """The activation budget when none is given: a share of the free memory of the device.
 
     Larger windows recompute less halo: on CPU, 5 GiB takes a 64x512x512 volume in one window
     (0.95 Mvox/s on 2 cores, 0.66 at 1.5 GiB), while larger volumes gain nothing past ~3 GiB
-    (100x1024x1024: 154 s at 3 and at 5 GiB). A GPU with tens of GiB free takes far larger
+    (100x1024x1024: 154 s at 3 and at 5 GiB). On CPU the whole-image arrays of the call
+    (``host_arrays`` bytes) count against the same share, so that a large volume's windows and
+    its input and output together stay within it. A GPU with tens of GiB free takes far larger
     windows than a CPU (H100: a 64x512x512 volume in one window).
     """
     if engine.device.type != "cuda":
         share, cap, free = CPU_SHARE, CPU_MAX_MEMORY, available_memory()
-    else:
-        share, cap, free = GPU_SHARE, GPU_MAX_MEMORY, torch.cuda.mem_get_info(engine.device)[0]
+        return int(max(DEFAULT_MEMORY, min(cap, share * free) - host_arrays))
+    share, cap, free = GPU_SHARE, GPU_MAX_MEMORY, torch.cuda.mem_get_info(engine.device)[0]
     return int(max(DEFAULT_MEMORY, min(cap, share * free)))
 
 
@@ -182,7 +184,7 @@ def predict_tiled(
     padded, shape = pad_to_grid(np.asarray(x, np.float32), grid)
     size = padded.shape[padded.ndim - len(grid) :]
     whole = (slice(None),) * (padded.ndim - 2 - len(grid))
-    budget = memory or default_memory(engine)
+    budget = memory or default_memory(engine, host_arrays=2 * padded.nbytes)  # padded input, output
     if n_tiles is None:
         n_tiles = auto_tiles(size, halo, grid, max(1, budget // bytes_per_voxel))
     if len(n_tiles) != len(size):
