@@ -67,6 +67,15 @@ VARIANTS = {
     "residual-nobn": {**FAST, "residual": True, "batch_norm": False, "patch_size": (96, 96), "batch_size": 8},
     "residual-p64": {**FAST, "residual": True, "patch_size": (64, 64), "batch_size": 16},
     "residual-mse": {**FAST, "residual": True, "loss": "mse", "patch_size": (96, 96), "batch_size": 8},
+    # levers on top of the residual without batch norm (100 photons)
+    "residual-nobn-cosine": {**FAST, "residual": True, "batch_norm": False, "lr_schedule": "cosine",
+                             "patch_size": (96, 96), "batch_size": 8},
+    "residual-nobn-lr8e-4": {**FAST, "residual": True, "batch_norm": False, "learning_rate": 8e-4,
+                             "patch_size": (96, 96), "batch_size": 8},
+    "residual-nobn-f48": {**FAST, "residual": True, "batch_norm": False, "n_first": 48, "patch_size": (96, 96),
+                          "batch_size": 8},
+    "residual-nobn-f48-lr8e-4": {**FAST, "residual": True, "batch_norm": False, "n_first": 48, "learning_rate": 8e-4,
+                                 "patch_size": (96, 96), "batch_size": 8},
 }  # fmt: skip
 
 
