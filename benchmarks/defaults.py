@@ -67,6 +67,9 @@ VARIANTS = {
     "residual-nobn": {**FAST, "residual": True, "batch_norm": False, "patch_size": (96, 96), "batch_size": 8},
     "residual-p64": {**FAST, "residual": True, "patch_size": (64, 64), "batch_size": 16},
     "residual-mse": {**FAST, "residual": True, "loss": "mse", "patch_size": (96, 96), "batch_size": 8},
+    # carekit's defaults with fewer, larger patches (about the same pixels per step)
+    "chosen-p128": {**CHOSEN, "patch_size": (128, 128), "batch_size": 5, "intensity_jitter": None},
+    "chosen-p112": {**CHOSEN, "patch_size": (112, 112), "batch_size": 6, "intensity_jitter": None},
     # levers on top of the residual without batch norm (100 photons)
     "residual-nobn-cosine": {**FAST, "residual": True, "batch_norm": False, "lr_schedule": "cosine",
                              "patch_size": (96, 96), "batch_size": 8},
