@@ -156,9 +156,10 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(row), flush=True)
     upsampling = upsampling_rows(fast.precision, 5 if a.quick else 10, shape2d, repeats)
     gap = precision_gap(10 if a.quick else a.train_seconds, fast.precision)
-    device = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {fast.describe()}"
     if fast.device.type == "cuda":
         device = f"{torch.cuda.get_device_name()}, {fast.describe()}"
+    else:
+        device = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {fast.describe()}"
     print(f"\ncarekit {carekit.__version__} on {device}")
     print(f"{'':34s}" + "".join(f"{p:>12s}" for p in precisions))
     labels = {
