@@ -81,7 +81,7 @@ class CARE:
             CARE.by_mode[cls.mode] = cls
 
     def __init__(self, config: Config, net: UNet | None = None, directory: str | Path | None = None) -> None:
-        config.net = config.net.settled()  # a model built without training: no residual unless asked
+        config.net = config.net.settled()  # built untrained, choices left to the data: no residual
         self.config = config
         self.net = net if net is not None else build_net(config)
         self.directory = Path(directory) if directory is not None else None
