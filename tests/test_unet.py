@@ -87,6 +87,20 @@ def test_phase_upsampling_equals_upsample_then_concat(ndim, kernel, pool, batch_
         assert torch.allclose(want, got, rtol=1e-9, atol=1e-9 * want.abs().max().item())
 
 
+def test_traced_network_reproduces_the_phase_network():
+    torch.manual_seed(0)
+    net = UNet(2, 1, 1, n_first=4, kernel_size=3, batch_norm=False).eval()
+    assert net.phase_upsampling
+    x = torch.randn(1, 1, 32, 48)
+    with torch.no_grad():
+        want = net(x)
+        traced = torch.jit.trace(net, x, check_trace=False)
+        got = traced(x)
+    convolutions = [n for n in traced.inlined_graph.nodes() if n.kind() == "aten::_convolution"]
+    assert len(convolutions) == sum(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_phase_upsampling_in_bfloat16_channels_last_is_as_accurate_as_plain():
     torch.manual_seed(0)
     net = UNet(2, 1, 1, n_first=8, kernel_size=3, residual=False).to(memory_format=torch.channels_last)

@@ -226,15 +226,18 @@ class UNet(nn.Module):
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature maps, before the 1x1 output layer."""
+        # a tracer (TorchScript, ONNX) records only part of the phase convolution's custom autograd
+        # function, so traces take the plain operators: same weights, same outputs
+        phase = self.phase_upsampling and not torch.jit.is_tracing()
         skips = []
         h = x
         for block in self.down:
             h = block(h)
             skips.append(h)
-            h = max_pool(h, self.pool) if self.phase_upsampling else POOL[self.ndim](h, self.pool)
+            h = max_pool(h, self.pool) if phase else POOL[self.ndim](h, self.pool)
         h = self.bottom(h)
         for block, skip in zip(self.up, reversed(skips), strict=True):
-            if self.phase_upsampling and self.phase_plans is not None:
+            if phase and self.phase_plans is not None:
                 h = block[1:](upsample_concat_conv(h, skip, block[0], self.pool, self.phase_plans))
             else:
                 h = F.interpolate(h, scale_factor=self.pool, mode="nearest")
