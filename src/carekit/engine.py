@@ -56,15 +56,19 @@ class Engine:
         return self.precision != "float32" or self.device.type == "cuda"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """The precision context of a forward pass.
-
-        float32 on CUDA is true float32: cuDNN's convolutions otherwise run in TensorFloat-32
-        by default (10-bit mantissa, ~1e-3 relative error).
-        """
+        """The precision context of a forward pass (float32: :meth:`exact`)."""
         dtype = self.autocast_dtype
         if dtype is not None:
             return torch.autocast(self.device.type, dtype=dtype)
-        if self.device.type == "cuda":
+        return self.exact()
+
+    def exact(self) -> contextlib.AbstractContextManager:
+        """Keeps float32 on CUDA true float32, also for a backward pass outside :meth:`autocast`.
+
+        cuDNN's convolutions otherwise run in TensorFloat-32 by default (10-bit mantissa,
+        ~1e-3 relative error). Elsewhere, and in reduced precision, it changes nothing.
+        """
+        if self.device.type == "cuda" and self.autocast_dtype is None:
             cudnn = torch.backends.cudnn
             return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
                                allow_tf32=False)  # fmt: skip

@@ -317,11 +317,12 @@ class Trainer:
 
     # -- one step / one pass -------------------------------------------------------
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
-        with self.engine.autocast():
-            pred = self.net(self.engine.tensor(x))
-        loss = self.loss(pred, self.engine.tensor(y))
-        self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        with self.engine.exact():  # the backward pass runs outside autocast, in the same precision
+            with self.engine.autocast():
+                pred = self.net(self.engine.tensor(x))
+            loss = self.loss(pred, self.engine.tensor(y))
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
         if self.averaged is not None:
