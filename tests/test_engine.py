@@ -26,7 +26,7 @@ def test_training_backward_runs_in_the_exact_context(tmp_path, monkeypatch):
     """A float32 step on CUDA computes its gradients without TF32 too, not only its forward pass."""
     cuda_exact = CUDA_FLOAT32.exact
     monkeypatch.setattr(Engine, "exact", lambda self: cuda_exact())
-    torch.backends.cudnn.allow_tf32 = True
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # restored after the test
     image = np.random.default_rng(0).random((1, 32, 32)).astype(np.float32)
     sampler = PatchSampler([ImagePair("random", image, image)], (16, 16), val_fraction=0.0, threshold=0.0)
     config = Config(axes="YX", net={"depth": 1, "n_first": 4}, train={"batch_size": 2, "patch_size": (16, 16)})
