@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from carekit import demo
-from carekit.train import train
+from carekit.modes.denoise import train
 
 RESULTS = Path(__file__).parent / "results"
 # training settings given in full: percentile jitter, no weight average (the defaults)

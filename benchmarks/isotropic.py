@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from carekit.axial import train_isotropic
 from carekit.demo import interpolated, make_anisotropic, sample_volume
 from carekit.io import read_with_axes
 from carekit.metrics import evaluate
+from carekit.modes.isotropic import train_isotropic
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from carekit.axial import IsotropicCARE
-from carekit.config import AxialConfig, Config
+from carekit.config import Config
+from carekit.modes.isotropic import AxialConfig, IsotropicCARE
 
 RESULTS = Path(__file__).parent / "results"
 

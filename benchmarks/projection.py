@@ -25,7 +25,7 @@ from carekit.baselines import tuned_nlm
 from carekit.data.camera import poisson_gaussian, to_photons
 from carekit.data.surfaces import surface_projection, surface_stack
 from carekit.metrics import evaluate
-from carekit.projection import train_projection
+from carekit.modes.projection import train_projection
 
 RESULTS = Path(__file__).parent / "results"
 SHAPE = (24, 128, 128)

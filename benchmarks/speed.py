@@ -32,10 +32,10 @@ import carekit
 from carekit import demo
 from carekit.config import Config
 from carekit.data.pairs import ImagePair
-from carekit.data.patches import PatchSampler
 from carekit.engine import choose_engine
 from carekit.model import CARE
-from carekit.train import Trainer
+from carekit.sampling import PatchSampler
+from carekit.trainer import Trainer
 
 RESULTS = Path(__file__).parent / "results"
 PAPER_NET = {"kernel_size": 5, "batch_norm": False, "residual": True}  # the CARE paper's 2D network

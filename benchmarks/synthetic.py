@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from carekit.baselines import richardson_lucy, tuned_rl
-from carekit.data.synthetic import line_pair, widefield
+from carekit.data.recipes import generate_pairs, parse_recipe
+from carekit.data.structures import line_pair, widefield
 from carekit.figures import line_profiles_figure
 from carekit.metrics import evaluate
+from carekit.modes.synthetic import train_synthetic
 from carekit.resolution import decorrelation_resolution, line_profile, pair_dip
-from carekit.synthetic import generate_pairs, parse_recipe, train_synthetic
 
 RESULTS = Path(__file__).parent / "results"
 RECIPE = {

@@ -26,8 +26,9 @@ import numpy as np
 
 import carekit
 from carekit import demo
+from carekit.data.recipes import generate_pairs, parse_recipe
 from carekit.ensemble import calibrate, raw_distribution, train_ensemble
-from carekit.synthetic import generate_pairs, parse_recipe, train_synthetic
+from carekit.modes.synthetic import train_synthetic
 from carekit.uncertainty import coverage
 
 RESULTS = Path(__file__).parent / "results"

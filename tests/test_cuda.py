@@ -36,8 +36,8 @@ def test_axial_prediction_takes_the_gpu_budget(monkeypatch):
     """Isotropic planes keep their activations on the GPU: the CPU's smaller budget does not apply."""
     from test_isotropic import identity_model, record_budgets
 
-    from carekit.axial import PLANES_MEMORY
-    from carekit.predict import DEFAULT_MEMORY
+    from carekit.modes.isotropic import PLANES_MEMORY
+    from carekit.tiling import DEFAULT_MEMORY
 
     model = identity_model("isotropic")
     budgets = record_budgets(monkeypatch, model)

@@ -3,10 +3,10 @@ import torch
 
 from carekit.config import Config
 from carekit.data.pairs import ImagePair
-from carekit.data.patches import PatchSampler
 from carekit.engine import Engine
 from carekit.model import CARE
-from carekit.train import Trainer
+from carekit.sampling import PatchSampler
+from carekit.trainer import Trainer
 
 CUDA_FLOAT32 = Engine(torch.device("cuda"), "float32")  # only its contexts are used: no GPU needed
 

@@ -11,8 +11,8 @@ import yaml
 from conftest import TINY, blobs, noisy
 
 import carekit
+from carekit.bioimageio import export
 from carekit.cli import main
-from carekit.export import export
 from carekit.nets.packaged import tensor_percentiles
 
 pytest.importorskip("bioimageio.core")

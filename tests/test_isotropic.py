@@ -4,12 +4,13 @@ import tifffile
 import torch
 from conftest import TINY, blobs
 
-from carekit.axial import PLANES_MEMORY, IsotropicCARE, UpsamplingCARE, combine, train_isotropic
-from carekit.config import AxialConfig, Config, NetConfig
+from carekit.config import Config, NetConfig
+from carekit.data.axial import anisotropic_kernel, anisotropic_sigma, degrade, isotropic_pairs
 from carekit.data.camera import resample_axis, subsample_and_interpolate, upsampled_positions
-from carekit.data.isotropic import anisotropic_kernel, anisotropic_sigma, degrade, isotropic_pairs
 from carekit.errors import CarekitError
 from carekit.io import read_spacing
+from carekit.modes.isotropic import PLANES_MEMORY, AxialConfig, IsotropicCARE, combine, train_isotropic
+from carekit.modes.upsampling import UpsamplingCARE
 
 
 def spectrum(planes: np.ndarray, axis: int) -> np.ndarray:

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from carekit.data.pairs import ImagePair, pairs_from_arrays
-from carekit.data.patches import PatchSampler
 from carekit.errors import CarekitError
+from carekit.sampling import PatchSampler
 
 
 def square_pair(size=128):

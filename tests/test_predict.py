@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from carekit import predict
+from carekit import tiling as predict
 from carekit.config import Config, NetConfig
 from carekit.engine import Engine, choose_engine
 from carekit.model import CARE
 from carekit.nets.unet import UNet
-from carekit.predict import (
+from carekit.tiling import (
     CPU_MAX_MEMORY,
     DEFAULT_MEMORY,
     GPU_MAX_MEMORY,

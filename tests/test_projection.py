@@ -10,9 +10,9 @@ from carekit.data.surfaces import surface_projection, surface_stack
 from carekit.engine import choose_engine
 from carekit.errors import CarekitError
 from carekit.metrics import evaluate
-from carekit.nets.projection import ProjectionNet
-from carekit.predict import predict_tiled
-from carekit.projection import train_projection
+from carekit.modes.projection import train_projection
+from carekit.nets.projector import ProjectionNet
+from carekit.tiling import predict_tiled
 
 # the 3D projection part is the cost: keep it small, and learn fast (with 4 features it learnt
 # the surface in only some of 6 training seeds; with 8, in all of them, 4.8-5.7 dB over max)

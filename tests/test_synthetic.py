@@ -7,11 +7,12 @@ import tifffile
 from carekit.baselines import richardson_lucy, tuned_rl
 from carekit.cli import main
 from carekit.data.camera import widefield_sigmas
-from carekit.data.synthetic import gaussian_psf, granules, line_pair, tubules, widefield
+from carekit.data.recipes import load_recipe, parse_recipe
+from carekit.data.structures import gaussian_psf, granules, line_pair, tubules, widefield
 from carekit.errors import CarekitError
 from carekit.metrics import evaluate
+from carekit.modes.synthetic import train_synthetic
 from carekit.resolution import decorrelation_resolution, dip, fwhm, line_profile
-from carekit.synthetic import load_recipe, parse_recipe, train_synthetic
 
 RECIPE = {
     "shape": [64, 64],
@@ -100,7 +101,7 @@ def test_tiny_training_on_a_recipe_improves_psnr(tmp_path):
                             **TINY)  # fmt: skip
     assert model.config.mode == "synthetic" and model.config.synthetic["pairs"] == 24
     test = parse_recipe({**RECIPE, "seed": 99, "shape": [128, 128]})
-    from carekit.synthetic import generate_pairs
+    from carekit.data.recipes import generate_pairs
 
     (pair,) = generate_pairs(test, 1, seed=99)
     before = evaluate(pair.low[0], pair.high[0])["psnr"]

@@ -102,8 +102,9 @@ def test_unknown_setting():
 
 
 def test_default_networks_by_mode():
-    from carekit.config import AxialConfig, Config, NetConfig
-    from carekit.train import make_config
+    from carekit.config import Config, NetConfig
+    from carekit.modes.isotropic import AxialConfig
+    from carekit.training import make_config
 
     plain = Config(axes="YX")  # residual and batch norm are chosen from the data when training starts
     assert (plain.net.kernel_size, plain.net.batch_norm, plain.net.residual) == (3, None, None)
@@ -133,7 +134,7 @@ def test_default_networks_by_mode():
 def test_residual_follows_how_close_inputs_are_to_targets(tmp_path):
     from carekit.config import RESIDUAL_FROM_DB
     from carekit.data.pairs import pairs_from_arrays
-    from carekit.train import input_fidelity
+    from carekit.training import input_fidelity
 
     clean = blobs((64, 64), seed=3, density=0.01)
     kw = {"epochs": 1, "steps_per_epoch": 2, "patch_size": (32, 32), "progress": False, **TINY}
@@ -155,7 +156,7 @@ def test_residual_follows_how_close_inputs_are_to_targets(tmp_path):
 def test_weight_average_follows_the_trained_weights():
     import torch
 
-    from carekit.train import AveragedWeights
+    from carekit.trainer import AveragedWeights
 
     net = torch.nn.Linear(3, 2)
     average = AveragedWeights(net, decay=0.9)
@@ -173,7 +174,7 @@ def test_weight_average_follows_the_trained_weights():
 def test_training_with_a_weight_average_saves_and_resumes_it(tmp_path):
     from safetensors.torch import load_file
 
-    from carekit.train import make_config
+    from carekit.training import make_config
 
     clean = blobs((64, 64), seed=2)
     low = noisy(clean)

@@ -10,7 +10,7 @@ import carekit
 from carekit.cli import main
 from carekit.ensemble import Ensemble, calibrate, train_ensemble
 from carekit.errors import CarekitError
-from carekit.train import train
+from carekit.modes.denoise import train
 from carekit.uncertainty import Laplace, Mixture, coverage, disagreement, mixture_entropy, pit_table
 
 PROB = {**TINY, "probabilistic": True, "patch_size": (32, 32), "progress": False}
@@ -166,9 +166,9 @@ def test_ensemble_needs_two_members(tmp_path):
 
 
 def test_every_mode_can_be_probabilistic(tmp_path):
-    from carekit.axial import train_isotropic
     from carekit.data.surfaces import surface_stack
-    from carekit.projection import train_projection
+    from carekit.modes.isotropic import train_isotropic
+    from carekit.modes.projection import train_projection
 
     quick = {**PROB, "epochs": 1, "steps_per_epoch": 3}
     stack = blobs((6, 40, 48), seed=1)

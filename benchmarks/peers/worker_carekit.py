@@ -12,10 +12,10 @@ from common import THREADS, StepClock, random_image, serve, timed_predict, warmu
 import carekit
 from carekit.config import Config
 from carekit.data.pairs import ImagePair
-from carekit.data.patches import PatchSampler
 from carekit.engine import choose_engine
 from carekit.model import CARE
-from carekit.train import Trainer
+from carekit.sampling import PatchSampler
+from carekit.trainer import Trainer
 
 torch.set_num_threads(THREADS)
 BUDGET_SETTINGS = {"epochs": 10_000, "steps_per_epoch": 50}  # as the demo trains to a time budget

@@ -5,16 +5,16 @@
 >>> restored = model.predict(new_noisy, axes="YX")  # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
+from carekit._version import __version__
+from carekit.app import load
+from carekit.bioimageio import export
 from carekit.chunked import restore_chunked
 from carekit.config import Config, NetConfig, TrainConfig
 from carekit.errors import CarekitError
-from carekit.export import export
 from carekit.metrics import evaluate
-from carekit.model import CARE, load
+from carekit.model import CARE
+from carekit.modes import train, train_isotropic, train_projection, train_synthetic, train_upsampling
 from carekit.package import Package
-from carekit.train import train
 
 __all__ = [
     "CARE",
@@ -29,4 +29,8 @@ __all__ = [
     "load",
     "restore_chunked",
     "train",
+    "train_isotropic",
+    "train_projection",
+    "train_synthetic",
+    "train_upsampling",
 ]

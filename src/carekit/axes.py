@@ -3,8 +3,8 @@
 Every array enters carekit with an axes string over ``S T C Z Y X`` in any order.
 Networks see ``(N, C, *spatial)`` where ``spatial`` is ``"YX"`` or ``"ZYX"`` and ``N``
 folds together every axis treated as an independent sample (S and T, and Z for a 2D
-network). :func:`to_net` records how it did so in a :class:`Layout`, and
-:func:`from_net` uses it to give results back in the user's order.
+network). A :class:`Layout` records how, folds arrays (or boxes of them) and unfolds results
+back into the user's order.
 """
 
 from __future__ import annotations
@@ -49,21 +49,84 @@ def check_axes(axes: str, ndim: int | None = None, *, what: str = "array") -> st
     return up
 
 
+def rearrange(x: np.ndarray, have: str, want: str) -> np.ndarray:
+    """``x``, whose axes are the letters ``have``, with its axes in the order ``want``.
+
+    Letters of ``have`` missing from ``want`` are dropped (those axes must have size 1); letters of
+    ``want`` missing from ``have`` become new axes of size 1.
+    """
+    dropped = tuple(i for i, a in enumerate(have) if a not in want)
+    kept = "".join(a for a in have if a in want)
+    moved = np.transpose(np.squeeze(x, axis=dropped), [kept.index(a) for a in want if a in kept])
+    sizes = iter(moved.shape)
+    return moved.reshape([next(sizes) if a in kept else 1 for a in want])
+
+
 @dataclass(frozen=True)
 class Layout:
-    """How an array was folded into network order, so it can be unfolded."""
+    """How an array of ``shape`` with ``axes`` folds into network order ``(N, C, *spatial)`` and back.
+
+    Axes that are neither C nor in ``spatial`` become the samples ``N``, in the user's order. The
+    in-memory, out-of-core and packaged paths all fold through this class and :func:`rearrange`.
+    """
 
     axes: str
-    sample_axes: str
-    sample_shape: tuple[int, ...]
     spatial: str
-    had_channel: bool
+    shape: tuple[int, ...]
+
+    @property
+    def sample_axes(self) -> str:
+        return "".join(a for a in self.axes if a != "C" and a not in self.spatial)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[self.axes.index(a)] for a in self.sample_axes)
+
+    @property
+    def channels(self) -> int:
+        return self.shape[self.axes.index("C")] if "C" in self.axes else 1
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[self.axes.index(a)] for a in self.spatial)
+
+    @property
+    def net_axes(self) -> str:
+        """The user's axes in network order, samples not yet folded."""
+        return self.sample_axes + "C" + self.spatial
+
+    def fold(self, x: np.ndarray) -> np.ndarray:
+        """``x`` (a box of the array: any sizes, these axes) as ``(N, C, *spatial)``."""
+        moved = rearrange(x, self.axes, self.net_axes)
+        return moved.reshape(-1, *moved.shape[len(self.sample_axes) :])
+
+    def unfold(self, y: np.ndarray, spatial: str | None = None) -> tuple[np.ndarray, str]:
+        """A network result ``(N, C, *spatial)`` back in the user's order, and its axes.
+
+        ``spatial`` names the result's spatial axes where they differ from the input's (a projection
+        drops Z). A channel axis is kept where the input had one or the result has several; a new one
+        goes just before the spatial axes.
+        """
+        spatial = self.spatial if spatial is None else spatial
+        current = self.sample_axes + "C" + spatial
+        target = [a for a in self.axes if a in current]
+        if "C" not in self.axes and y.shape[1] > 1:
+            target.insert(min(target.index(a) for a in spatial), "C")
+        elif "C" not in self.axes:
+            current = current.replace("C", "")
+        folded = y.reshape((*self.sample_shape, *y.shape[1 if "C" in current else 2 :]))
+        return rearrange(folded, current, "".join(target)), "".join(target)
+
+    def select(self, n: int, boxes: list[slice], axes: str | None = None) -> tuple:
+        """Indices into an array with ``axes`` (default these) for sample ``n``, ``boxes`` along the
+        spatial axes and every channel."""
+        sample = dict(zip(self.sample_axes, np.unravel_index(n, self.sample_shape), strict=True))
+        return tuple(int(sample[a]) if a in sample else boxes[self.spatial.index(a)] if a != "C" else slice(None)
+                     for a in axes or self.axes)  # fmt: skip
 
 
 def to_net(x: np.ndarray, axes: str, spatial: str, *, what: str = "array") -> tuple[np.ndarray, Layout]:
     """Move ``x`` from the user's ``axes`` into ``(N, C, *spatial)``.
-
-    Axes that are neither C nor in ``spatial`` become samples, in the user's order.
 
     Examples
     --------
@@ -81,41 +144,13 @@ def to_net(x: np.ndarray, axes: str, spatial: str, *, what: str = "array") -> tu
             f"{what}: axes '{axes}' lack {''.join(missing)}, which this model needs "
             f"(it works on {spatial} volumes); pass the array's full axes"
         )
-    sample_axes = "".join(a for a in axes if a not in spatial and a != "C")
-    order = [axes.index(a) for a in sample_axes]
-    order += [axes.index("C")] if "C" in axes else []
-    order += [axes.index(a) for a in spatial]
-    moved = np.transpose(x, order)
-    sample_shape = tuple(x.shape[axes.index(a)] for a in sample_axes)
-    n = int(np.prod(sample_shape)) if sample_shape else 1
-    spatial_shape = moved.shape[len(moved.shape) - len(spatial) :]
-    channels = x.shape[axes.index("C")] if "C" in axes else 1
-    net = moved.reshape((n, channels, *spatial_shape))
-    return net, Layout(axes, sample_axes, sample_shape, spatial, "C" in axes)
+    layout = Layout(axes, spatial, tuple(x.shape))
+    return layout.fold(x), layout
 
 
 def from_net(y: np.ndarray, layout: Layout, spatial: str | None = None) -> tuple[np.ndarray, str]:
-    """Unfold a network result ``(N, C, *spatial)`` back into the user's order.
-
-    ``spatial`` names the result's spatial axes when they differ from the input's
-    (a projection drops Z). A channel axis is kept when the input had one or the
-    result has several channels; a new one is placed just before the spatial axes.
-    Returns the array and its axes string.
-    """
-    spatial = layout.spatial if spatial is None else spatial
-    n_channels = y.shape[1]
-    keep_channel = layout.had_channel or n_channels > 1
-    folded = y.reshape((*layout.sample_shape, n_channels, *y.shape[2:]))
-    current = layout.sample_axes + "C" + spatial
-    if not keep_channel:
-        folded = folded.reshape((*layout.sample_shape, *y.shape[2:]))
-        current = layout.sample_axes + spatial
-    target = [a for a in layout.axes if a in current]
-    if keep_channel and "C" not in target:
-        first_spatial = min(target.index(a) for a in spatial)
-        target.insert(first_spatial, "C")
-    out = np.transpose(folded, [current.index(a) for a in target])
-    return out, "".join(target)
+    """Unfold a network result ``(N, C, *spatial)`` back into the user's order (see :meth:`Layout.unfold`)."""
+    return layout.unfold(y, spatial)
 
 
 def axes_from_tiff(series_axes: str | None, ndim: int) -> str | None:

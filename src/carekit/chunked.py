@@ -17,7 +17,6 @@ workers, and a task rerun after a worker dies writes the same data again.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -32,16 +31,20 @@ from typing import Any
 
 import numpy as np
 
+from carekit.axes import Layout, check_axes, rearrange
 from carekit.blocks import Plan, make_plan, window_bytes_per_voxel
+from carekit.ensemble import load
 from carekit.errors import CarekitError
-from carekit.lazy import Source, View, open_input, open_source, percentiles_chunked, source_of
+from carekit.io import read_json, write_json
+from carekit.lazy import Source, open_input, open_source, percentiles_chunked, read_window, source_of
+from carekit.model import CARE, state_dict_cpu
 from carekit.normalize import normalize
-from carekit.omezarr import canonical_axes, create_image, is_zarr, write_multiscales
+from carekit.omezarr import canonical_axes, create_image, write_multiscales
+from carekit.registry import supporting
 
 BLOCK_MEMORY = 2**30  # bytes per block: window copies plus network activations
 SETTINGS = "chunked.json"
 MARKERS = "blocks"
-MODES = ("denoise", "synthetic")
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class Block:
 class Job:
     """Everything a block task needs; the live objects are dropped before it travels to a worker."""
 
-    view: View
+    layout: Layout
     plan: Plan
     out_axes: str
     partial: str
@@ -90,8 +93,6 @@ def cached(what: str, key, make: Callable[[], Any]):
 
 def fingerprint(model) -> str:
     """A hash of the model's configuration and weights, to recognise the same model in a later run."""
-    from carekit.model import state_dict_cpu
-
     h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
     for name, tensor in state_dict_cpu(model.net).items():
         h.update(name.encode())
@@ -107,13 +108,11 @@ def worker_model(job: Job):
     def load():
         import torch
 
-        from carekit.model import load as load_model
-
         with contextlib.suppress(ImportError, ValueError):
             from distributed import get_worker
 
             torch.set_num_threads(get_worker().state.nthreads)
-        model = load_model(job.model_dir)
+        model = CARE.load(job.model_dir)
         if fingerprint(model) != job.fingerprint:
             raise CarekitError(f"{job.model_dir}: the model changed while predicting; rerun the command")
         return model
@@ -128,7 +127,7 @@ def compute_block(job: Job, block: Block) -> np.ndarray:
     if array is None:
         array = cached("input", (job.source, job.run_id), lambda: open_source(job.source))
     maps = job.plan.window(block.core)
-    x = job.view.read(array, block.sample, maps)
+    x = read_window(job.layout, array, block.sample, maps)
     shape = (1, len(block.lo)) + (1,) * len(maps)
     lo, hi = np.asarray(block.lo, np.float32).reshape(shape), np.asarray(block.hi, np.float32).reshape(shape)
     y = model.run_net(normalize(x, lo, hi), model.engine(job.device, job.precision), memory=job.memory)
@@ -141,14 +140,11 @@ def write_block(job: Job, block: Block, restored: np.ndarray) -> None:
     import zarr
 
     out = cached("output", (job.partial, job.run_id), lambda: zarr.open_array(str(Path(job.partial) / "0"), mode="r+"))
-    sample = dict(zip(job.view.sample_axes, np.unravel_index(block.sample, job.view.sample_shape), strict=True))
-    spatial = job.view.spatial
-    sel = tuple(int(sample[a]) if a in sample else slice(*block.core[spatial.index(a)]) if a != "C" else slice(None)
-                for a in job.out_axes)  # fmt: skip
-    kept = [a for a in job.out_axes if a not in sample]
-    data = restored if "C" in kept else restored[0]
-    current = ("C" if "C" in kept else "") + spatial
-    out[sel] = np.transpose(data, [current.index(a) for a in kept])
+    layout = job.layout
+    kept = "".join(a for a in job.out_axes if a not in layout.sample_axes)
+    out[layout.select(block.sample, [slice(*c) for c in block.core], job.out_axes)] = rearrange(
+        restored, "C" + layout.spatial, kept
+    )
     marker = Path(job.partial) / MARKERS / f"{block.name}.done"
     tmp = marker.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text("")
@@ -242,43 +238,39 @@ def restore_chunked(
 
 def model_for_chunks(model):
     """The model to restore with (loaded if given as a folder); only plain CARE modes restore in blocks."""
-    from carekit.model import CARE, load
-
     model = load(model) if isinstance(model, (str, Path)) else model
-    mode = getattr(getattr(model, "config", None), "mode", "ensemble")
-    if not isinstance(model, CARE) or mode not in MODES:
+    if not isinstance(model, CARE) or "out_of_core" not in model.kind.supports:
+        mode = model.config.mode if isinstance(model, CARE) else "ensemble"
         where = getattr(model, "directory", None) or "model"
-        raise CarekitError(f"{where}: chunked prediction supports denoise and synthetic models, not {mode}; "
+        raise CarekitError(f"{where}: chunked prediction supports {supporting('out_of_core')} models, not {mode}; "
                            "predict to a TIFF instead")  # fmt: skip
     return model
 
 
 def prepare(model, image, path, output, axes, spacing, memory, device, precision, overwrite):
     """Check everything, then create or reopen ``<output>.partial``; returns the job and all blocks."""
-    from carekit.axes import check_axes
-
     axes = check_axes(axes, len(image.shape), what=str(path or "image"))
     spatial = model.config.spatial
     if any(a not in axes for a in spatial):
         raise CarekitError(
             f"{path or 'image'}: axes '{axes}' lack {spatial}, which this model needs; pass the full axes"
         )
-    view = View(axes, spatial, tuple(image.shape))
-    if view.channels != model.config.n_channel_in:
-        raise CarekitError(f"{path or 'image'}: {view.channels} channel(s) along C but the model expects "
+    layout = Layout(axes, spatial, tuple(image.shape))
+    if layout.channels != model.config.n_channel_in:
+        raise CarekitError(f"{path or 'image'}: {layout.channels} channel(s) along C but the model expects "
                            f"{model.config.n_channel_in}; check --axes and the channel order")  # fmt: skip
     out_axes = canonical_axes(model.output_axes(axes), what=str(output))
     if output.exists() and not overwrite:
         raise CarekitError(f"{output}: already exists; pass --overwrite to replace it or choose another --output")
     itemsize = np.dtype(image.dtype).itemsize
-    per_voxel = window_bytes_per_voxel(model, view.channels, itemsize)
-    plan = make_plan(view.spatial_shape, model.net.divisor(), model.net.halo(), per_voxel=per_voxel,
+    per_voxel = window_bytes_per_voxel(model, layout.channels, itemsize)
+    plan = make_plan(layout.spatial_shape, model.net.divisor(), model.net.halo(), per_voxel=per_voxel,
                      memory=memory or BLOCK_MEMORY, out_channels=model.config.n_channel_out)  # fmt: skip
     source = source_of(image, path)
     settings = {
         "model": fingerprint(model),
         "input": source.path if source else "array",
-        "shape": list(view.shape),
+        "shape": list(layout.shape),
         "dtype": str(np.dtype(image.dtype)),
         "axes": axes,
         "output_axes": out_axes,
@@ -289,15 +281,15 @@ def prepare(model, image, path, output, axes, spacing, memory, device, precision
     recorded = open_partial(partial, settings, overwrite)
     if recorded is None:
         lo, hi = percentiles_chunked(image, axes, spatial, what=str(path or "image"))
-        recorded = start_partial(partial, settings, view, plan, out_axes, model.config.n_channel_out, lo, hi)
+        recorded = start_partial(partial, settings, layout, plan, out_axes, model.config.n_channel_out, lo, hi)
     plan = Plan(**{k: tuple(v) for k, v in recorded["plan"].items()})
-    job = Job(view, plan, out_axes, str(partial), recorded["run_id"], settings["model"],
+    job = Job(layout, plan, out_axes, str(partial), recorded["run_id"], settings["model"],
               str(Path(model.directory).resolve()) if model.directory else None, source, device, precision,
               memory or BLOCK_MEMORY, model, image)  # fmt: skip
     lo, hi = np.asarray(recorded["lo"], np.float32), np.asarray(recorded["hi"], np.float32)
     blocks = [
         Block("_".join(map(str, (n, *(a for a, _ in core)))), n, core, tuple(lo[n].tolist()), tuple(hi[n].tolist()))
-        for n in range(math.prod(view.sample_shape))
+        for n in range(math.prod(layout.sample_shape))
         for core in plan.cores()
     ]
     return job, blocks
@@ -305,8 +297,6 @@ def prepare(model, image, path, output, axes, spacing, memory, device, precision
 
 def open_partial(partial: Path, settings: dict, overwrite: bool) -> dict | None:
     """The recorded state of an unfinished run with the same settings, or None to start afresh."""
-    from carekit.io import read_json
-
     if not partial.exists():
         return None
     if not (partial / SETTINGS).exists():  # a start interrupted before its settings were written
@@ -323,13 +313,11 @@ def open_partial(partial: Path, settings: dict, overwrite: bool) -> dict | None:
                        "delete that folder or pass --overwrite to start over")  # fmt: skip
 
 
-def start_partial(partial: Path, settings, view: View, plan: Plan, out_axes: str, c_out: int, lo, hi) -> dict:
+def start_partial(partial: Path, settings, layout: Layout, plan: Plan, out_axes: str, c_out: int, lo, hi) -> dict:
     """Create the output array and the block markers' folder, then record the settings (last)."""
-    from carekit.io import write_json
-
-    sizes = {a: view.shape[view.axes.index(a)] for a in view.axes if a != "C"}
+    sizes = {a: layout.shape[layout.axes.index(a)] for a in layout.axes if a != "C"}
     shape = tuple(c_out if a == "C" else sizes[a] for a in out_axes)
-    chunks = tuple(c_out if a == "C" else plan.chunk[view.spatial.index(a)] if a in view.spatial else 1
+    chunks = tuple(c_out if a == "C" else plan.chunk[layout.spatial.index(a)] if a in layout.spatial else 1
                    for a in out_axes)  # fmt: skip
     create_image(partial, shape, chunks)
     (partial / MARKERS).mkdir()
@@ -374,24 +362,3 @@ def run_on_dask(address: str, job: Job, todo: list[Block], finished: Callable[[B
                 finished(by_key[future.key])
         finally:
             client.cancel(futures)
-
-
-def run_predict_chunked(a: argparse.Namespace) -> None:
-    """``carekit predict`` for OME-Zarr input or output, or with ``--dask``."""
-    unsupported = {"--tta": a.tta, "--uncertainty": a.uncertainty, "--movie": a.movie,
-                   "--height-map": a.height_map, "--factor": a.factor, "--n-tiles": a.n_tiles}  # fmt: skip
-    flags = [flag for flag, value in unsupported.items() if value]
-    if flags:
-        raise CarekitError(f"{', '.join(flags)} cannot be combined with OME-Zarr or --dask prediction; "
-                           "predict to a TIFF instead")  # fmt: skip
-    out = Path(a.output)
-    if out.suffix.lower() != ".zarr":
-        raise CarekitError(f"{out}: OME-Zarr and --dask prediction write OME-Zarr; give an --output ending in .zarr")
-    if Path(a.input).is_dir() and not is_zarr(a.input):
-        raise CarekitError(f"{a.input}: a folder of TIFFs cannot go to one OME-Zarr; predict the files one by one")
-    memory = int(a.memory * 2**30) if a.memory else None
-    options = {"memory": memory, "device": a.device, "precision": a.precision, "dask": a.dask}
-    written = restore_chunked(
-        a.model, a.input, out, axes=a.axes, overwrite=a.overwrite, progress=not a.quiet, **options
-    )
-    print(f"{a.input} -> {written}")

@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from carekit._version import __version__
 from carekit.axes import check_axes
 from carekit.engine import PRECISIONS
 from carekit.errors import CarekitError
+from carekit.registry import mode_of
 
 FORMAT_VERSION = 1
-MODES = ("denoise", "isotropic", "upsampling", "projection", "synthetic")
-COMBINES = ("geometric", "arithmetic")
 LOSSES = ("mae", "mse")
 SCHEDULES = ("plateau", "cosine")
 
@@ -81,11 +81,10 @@ class NetConfig:
     batch_norm: bool | None = None
     probabilistic: bool = False
 
-    def resolved(self, ndim: int, mode: str = "denoise") -> NetConfig:
-        """The mode's defaults filled in where a setting is None (plain denoising leaves the
-        residual and batch normalisation to ``settled``)."""
-        fast = FAST_DENOISE if mode == "denoise" else RESTORE_NET
-        defaults = reference_net(ndim) if self.probabilistic else fast
+    def resolved(self, ndim: int, mode_defaults: dict[str, Any] = RESTORE_NET) -> NetConfig:
+        """The mode's defaults filled in where a setting is None (a mode that leaves the residual and
+        batch normalisation open has them settled by ``settled``)."""
+        defaults = reference_net(ndim) if self.probabilistic else mode_defaults
         chosen = {k: v if (v := getattr(self, k)) is not None else d for k, d in defaults.items()}
         out = replace(self, **chosen)
         out.validate()
@@ -181,44 +180,23 @@ class TrainConfig:
             _require(all(p >= 1 for p in self.patch_size), f"patch size must be positive, got {self.patch_size}")
 
 
-@dataclass
-class AxialConfig:
-    """Isotropic restoration and z-upsampling: how the axial degradation is simulated.
-
-    ``factor`` is the z-step over the lateral pixel size (z is upsampled by it). PSF sigmas
-    are in lateral pixels; the blur added to lateral planes is ``sqrt(sigma_z² - sigma_xy²)``
-    along one axis, or the kernel derived from ``psf_file``. ``combine`` merges the XZ and
-    YZ restorations of isotropic prediction.
-    """
-
-    factor: float = 1.0
-    psf_sigma_z: float = 0.0
-    psf_sigma_xy: float = 0.0
-    psf_file: str | None = None
-    peak_photons: float | None = None
-    read_sigma: float = 0.0
-    combine: str = "arithmetic"
-
-    def __post_init__(self) -> None:
-        _require(self.factor >= 1, f"factor must be at least 1, got {self.factor}")
-        _require(self.psf_sigma_z >= 0 and self.psf_sigma_xy >= 0, "PSF sigmas must be non-negative")
-        _require(self.peak_photons is None or self.peak_photons > 0, "peak photons must be positive")
-        _require(self.read_sigma >= 0, "read noise must be non-negative")
-        _require(self.combine in COMBINES, f"combine must be one of {', '.join(COMBINES)}, got '{self.combine}'")
-
-
-@dataclass
-class ProjectionConfig:
-    """The 3D projection part of a projection model (pooling in y and x only)."""
-
-    depth: int = 2
-    n_first: int = 8
-    kernel_size: int = 3
-
-    def __post_init__(self) -> None:
-        _require(1 <= self.depth <= 4, f"projection depth must be 1..4, got {self.depth}")
-        _require(self.n_first >= 1, f"projection features must be at least 1, got {self.n_first}")
-        _require(self.kernel_size >= 1 and self.kernel_size % 2 == 1, "projection kernel size must be odd")
+# Every NetConfig and TrainConfig field is a flag of 'carekit train' (``--kernel-size`` for
+# ``kernel_size``); these are the flags' help texts and choices (a field without help shows its default).
+FIELD_HELP = {
+    "kernel_size": "convolution kernel edge (default 3; --probabilistic: 5 in 2D, 3 in 3D)",
+    "batch_norm": "batch normalisation after convolutions (denoising default: on without the residual, off with it)",
+    "residual": "add the input to the output (denoising default: on when inputs are within 21 dB PSNR of targets)",
+    "depth": "pooling steps of the U-Net (default 2)",
+    "n_first": "features of the first level (default 32)",
+    "probabilistic": "predict a Laplace distribution per pixel",
+    "patch_size": "e.g. 64,64 (2D) or 16,64,64 (3D)",
+    "ema": "save a running average of the weights, this decay per step (0: off)",
+    "intensity_jitter": "normalise training patches with random percentiles (default: with the residual; "
+    "else fixed 2 and 99.8)",
+    "validation_fraction": "share of the pixels held out for validation (default 0.1)",
+    "precision": "auto: bfloat16 where the CPU/GPU supports it, else float32",
+}
+FIELD_CHOICES = {"loss": LOSSES, "lr_schedule": SCHEDULES, "precision": PRECISIONS}
 
 
 @dataclass
@@ -233,35 +211,30 @@ class Config:
     net: NetConfig = field(default_factory=NetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     intensity_map: dict[str, list[float]] | None = None
-    axial: AxialConfig | None = None
-    projection: ProjectionConfig | None = None
+    # the modes' own settings, each under the name its mode declares (``Mode.part``)
+    axial: Any = None
+    projection: Any = None
     synthetic: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.projection, dict):
-            self.projection = ProjectionConfig(**self.projection)
-        if isinstance(self.axial, dict):
-            self.axial = AxialConfig(**self.axial)
+        kind = mode_of(self.mode)
+        if kind.part_type is not None and isinstance(getattr(self, kind.part), dict):
+            setattr(self, kind.part, kind.part_type(**getattr(self, kind.part)))
         if isinstance(self.net, dict):
             self.net = NetConfig(**self.net)
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
         self.axes = check_axes(self.axes, what="model axes")
         self.spatial = self.spatial or default_spatial(self.axes)
-        _require(self.mode in MODES, f"mode '{self.mode}' is unknown; use one of {', '.join(MODES)}")
         _require(self.spatial in ("YX", "ZYX"), f"spatial axes must be YX or ZYX, got {self.spatial}")
         _require(
             all(a in self.axes for a in self.spatial), f"axes '{self.axes}' lack the network's axes {self.spatial}"
         )
         _require(self.n_channel_in >= 1 and self.n_channel_out >= 1, "channel counts must be at least 1")
-        if self.mode in ("isotropic", "upsampling"):
-            _require(self.axial is not None, f"{self.mode} models need axial settings (factor, PSF)")
-            _require("Z" in self.axes, f"{self.mode} models need a Z axis; got axes '{self.axes}'")
-        if self.mode == "projection":
-            _require(self.projection is not None, "projection models need projection settings")
-            _require("Z" in self.axes and self.spatial == "YX", "projection models take Z stacks to YX images")
-        self.net = self.net.resolved(self.ndim, self.mode)
+        if kind.check is not None:
+            kind.check(self)
+        self.net = self.net.resolved(self.ndim, kind.net_defaults or RESTORE_NET)
         self.train = self.train.resolved(self.ndim)
 
     @property
@@ -269,8 +242,6 @@ class Config:
         return len(self.spatial)
 
     def to_dict(self) -> dict[str, Any]:
-        from carekit import __version__
-
         d = asdict(self)
         d["train"]["patch_size"] = list(self.train.patch_size)
         return {"format_version": FORMAT_VERSION, "carekit_version": __version__, **d}

@@ -24,9 +24,10 @@ import numpy as np
 from carekit.baselines import mean_psnr, tuned_nlm
 from carekit.data.camera import poisson_gaussian, resample_axis, to_photons, upsampled_positions
 from carekit.errors import CarekitError
-from carekit.figures import comparison
+from carekit.figures import axial_spectrum, comparison
 from carekit.io import prepare_output, read_image, write_json, write_tiff
 from carekit.metrics import evaluate
+from carekit.modes import train, train_isotropic
 
 PEAK_PHOTONS = 10.0
 READ_NOISE = 2.0
@@ -75,8 +76,6 @@ def run_denoise(
     progress: bool = True,
 ) -> dict:
     """Run the demo; writes the model, TIFFs, ``metrics.json`` and ``demo.png`` into ``output``."""
-    from carekit.train import train
-
     out = Path(output)
     prepare_output(out / "metrics.json", role="--output")
     budget = TIME_BUDGET if time_budget is None else time_budget
@@ -172,8 +171,6 @@ def run_isotropic(
     progress: bool = True,
 ) -> dict:
     """Isotropic restoration of the sample made anisotropic; writes TIFFs, metrics and the spectrum figure."""
-    from carekit.axial import train_isotropic
-    from carekit.figures import axial_spectrum
 
     out = Path(output)
     prepare_output(out / "metrics.json", role="--output")

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from carekit._version import __version__
 from carekit.errors import CarekitError
 from carekit.io import read_json, write_json
-from carekit.model import CARE, calibration_table
+from carekit.model import CARE, CONFIG, LAST, calibration_table
 from carekit.uncertainty import Mixture, calibration_error, coverage, pit_table
 
 ENSEMBLE = "ensemble.json"
@@ -69,8 +70,6 @@ class Ensemble:
         return Mixture(np.stack(means), np.stack(scales), calibration_table(self.calibration))
 
     def save_index(self) -> Path:
-        from carekit import __version__
-
         assert self.directory is not None
         names = [m.directory.name for m in self.members]
         payload = {"format_version": FORMAT_VERSION, "carekit_version": __version__, "members": names}
@@ -94,6 +93,11 @@ def is_ensemble(directory: str | Path) -> bool:
     return (Path(directory) / ENSEMBLE).exists()
 
 
+def load(directory: str | Path) -> CARE | Ensemble:
+    """Load a model or ensemble folder: ``carekit.load("my_model")``."""
+    return Ensemble.load(directory) if is_ensemble(directory) else CARE.load(directory)
+
+
 def train_ensemble(train_one: Callable[..., CARE], k: int, model_dir: str | Path, *, time_budget: float | None = None,
                    resume: bool = False, overwrite: bool = False, seed: int = 0, **options) -> Ensemble:  # fmt: skip
     """Train ``k`` members one after the other with seeds ``seed, seed + 1, ...``.
@@ -111,7 +115,7 @@ def train_ensemble(train_one: Callable[..., CARE], k: int, model_dir: str | Path
     share = None if time_budget is None else time_budget / k
     for i in range(k):
         folder = d / f"member-{i}"
-        again = resume and (folder / "last.safetensors").exists()
+        again = resume and (folder / LAST).exists()
         members.append(train_one(model_dir=folder, seed=seed + i, time_budget=share, resume=again,
                                  overwrite=overwrite, **options))  # fmt: skip
     ensemble = Ensemble(members, d)
@@ -166,4 +170,4 @@ def store_calibration(model: CARE | Ensemble, report: dict) -> None:
         return
     model.config.calibration = saved
     if model.directory is not None:
-        write_json(model.directory / "config.json", model.config.to_dict())
+        write_json(model.directory / CONFIG, model.config.to_dict())

@@ -1,10 +1,9 @@
 """Large inputs read lazily: network-order views, sources other processes can reopen, exact percentiles.
 
-An array too large for memory (a Zarr array, a memory-mapped TIFF) is read through a
-:class:`View` that folds the user's axes into network order ``(N, C, *spatial)`` one
-window at a time. Its percentiles are found exactly, as ``np.percentile`` over each
-sample and channel would give them, by a radix selection that reads the array a few
-times chunk by chunk.
+An array too large for memory (a Zarr array, a memory-mapped TIFF) is read one window at a
+time, folded into network order ``(N, C, *spatial)`` by its :class:`~carekit.axes.Layout`. Its
+percentiles are found exactly, as ``np.percentile`` over each sample and channel would give them,
+by a radix selection that reads the array a few times chunk by chunk.
 """
 
 from __future__ import annotations
@@ -16,59 +15,26 @@ from pathlib import Path
 
 import numpy as np
 
+from carekit.axes import Layout, rearrange
 from carekit.errors import CarekitError
-from carekit.normalize import PREDICT_PERCENTILES
+from carekit.normalize import PREDICT_PERCENTILES, from_order_statistics
 from carekit.omezarr import is_zarr, open_omezarr, slabs
 
 READ_VOXELS = 4 * 2**20  # voxels per read when scanning the input for percentiles
 
 
-# -- the input: axes, network order, sources workers can reopen -------------------------------
-@dataclass(frozen=True)
-class View:
-    """How an array in the user's ``axes`` folds into network order ``(N, C, *spatial)``."""
-
-    axes: str
-    spatial: str
-    shape: tuple[int, ...]
-
-    @property
-    def sample_axes(self) -> str:
-        return "".join(a for a in self.axes if a != "C" and a not in self.spatial)
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.shape[self.axes.index(a)] for a in self.sample_axes)
-
-    @property
-    def channels(self) -> int:
-        return self.shape[self.axes.index("C")] if "C" in self.axes else 1
-
-    @property
-    def spatial_shape(self) -> tuple[int, ...]:
-        return tuple(self.shape[self.axes.index(a)] for a in self.spatial)
-
-    def net_order(self) -> list[int]:
-        """Axis permutation from the user's order to samples, channel, spatial."""
-        letters = self.sample_axes + ("C" if "C" in self.axes else "") + self.spatial
-        return [self.axes.index(a) for a in letters]
-
-    def read(self, array, n: int, maps: list[np.ndarray]) -> np.ndarray:
-        """Sample ``n`` at spatial indices ``maps`` (one index array per axis) as ``(1, C, *window)``."""
-        sample = dict(zip(self.sample_axes, np.unravel_index(n, self.sample_shape), strict=True))
-        boxes = [slice(int(m.min()), int(m.max()) + 1) for m in maps]
-        sel = tuple(int(sample[a]) if a in sample else boxes[self.spatial.index(a)] if a != "C" else slice(None)
-                    for a in self.axes)  # fmt: skip
-        kept = [a for a in self.axes if a not in sample]
-        data = np.asarray(array[sel])
-        data = np.transpose(data, [kept.index(a) for a in ("C" if "C" in kept else "") + self.spatial])
-        data = data if "C" in kept else data[None]
-        for i, (m, box) in enumerate(zip(maps, boxes, strict=True)):
-            if len(m) != box.stop - box.start or m[0] != box.start:  # mirrored end
-                data = np.take(data, m - box.start, axis=1 + i)
-        return data[None]
+def read_window(layout: Layout, array, n: int, maps: list[np.ndarray]) -> np.ndarray:
+    """Sample ``n`` of ``array`` at spatial indices ``maps`` (one index array per axis) as ``(1, C, *window)``."""
+    boxes = [slice(int(m.min()), int(m.max()) + 1) for m in maps]
+    kept = "".join(a for a in layout.axes if a not in layout.sample_axes)
+    data = rearrange(np.asarray(array[layout.select(n, boxes)]), kept, "C" + layout.spatial)
+    for i, (m, box) in enumerate(zip(maps, boxes, strict=True)):
+        if len(m) != box.stop - box.start or m[0] != box.start:  # mirrored end
+            data = np.take(data, m - box.start, axis=1 + i)
+    return data[None]
 
 
+# -- the input: sources other processes can reopen ---------------------------------------------
 @dataclass(frozen=True)
 class Source:
     """Where a worker reopens the input: a ``"zarr"`` array, a ``"memmap"`` or a ``"tiff"`` read whole."""
@@ -168,23 +134,22 @@ def from_keys(keys: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return u.view(np.float32 if bits == 32 else np.float64).astype(dtype)
 
 
-def scan(array, view: View, what: str):
+def scan(array, layout: Layout, what: str):
     """Yield ``(sample ids, keys (n, C, voxels))`` for chunk-aligned boxes covering ``array``."""
-    chunks = getattr(array, "chunks", None) or (1,) * len(view.shape)
-    sample_dims = [view.axes.index(a) for a in view.sample_axes]
-    for box in slabs(view.shape, tuple(chunks), READ_VOXELS):
+    chunks = getattr(array, "chunks", None) or (1,) * len(layout.shape)
+    sample_dims = [layout.axes.index(a) for a in layout.sample_axes]
+    for box in slabs(layout.shape, tuple(chunks), READ_VOXELS):
         data = np.asarray(array[box])
         if data.dtype.kind == "f" and not np.isfinite(data).all():
             raise CarekitError(f"{what}: NaN or infinite values; replace them (e.g. with 0) before using carekit")
         ranges = [np.arange(box[d].start, box[d].stop) for d in sample_dims]
-        ids = np.ravel_multi_index(np.meshgrid(*ranges, indexing="ij"), view.sample_shape).ravel() if ranges else [0]
-        moved = np.transpose(data, view.net_order()).reshape(len(ids), view.channels, -1)
-        yield ids, to_keys(moved)
+        ids = np.ravel_multi_index(np.meshgrid(*ranges, indexing="ij"), layout.sample_shape).ravel() if ranges else [0]
+        yield ids, to_keys(layout.fold(data).reshape(len(ids), layout.channels, -1))
 
 
-def select_keys(array, view: View, ranks: list[int], what: str) -> np.ndarray:
+def select_keys(array, layout: Layout, ranks: list[int], what: str) -> np.ndarray:
     """Keys of the order statistics ``ranks`` (0-based) per sample and channel: ``(N, C, len(ranks))``."""
-    groups = math.prod(view.sample_shape) * view.channels
+    groups = math.prod(layout.sample_shape) * layout.channels
     width = 16 if groups <= 64 else 8  # digit width: histogram memory is groups * 2**width counts
     bits = key_bits(np.dtype(array.dtype))
     prefix = np.zeros((groups, len(ranks)), np.uint64)
@@ -195,10 +160,10 @@ def select_keys(array, view: View, ranks: list[int], what: str) -> np.ndarray:
         shift = bits - done - w
         hist: dict[tuple[int, int], np.ndarray] = {(g, int(p)): np.zeros(2**w, np.int64) for g in range(groups)
                                                    for p in prefix[g]}  # fmt: skip
-        for ids, keys in scan(array, view, what):
+        for ids, keys in scan(array, layout, what):
             for i, n in enumerate(ids):
-                for c in range(view.channels):
-                    g = int(n) * view.channels + c
+                for c in range(layout.channels):
+                    g = int(n) * layout.channels + c
                     top = keys[i, c] >> (shift + w) if done else None
                     for p in {int(p) for p in prefix[g]}:
                         sel = keys[i, c] if top is None else keys[i, c][top == p]
@@ -210,7 +175,7 @@ def select_keys(array, view: View, ranks: list[int], what: str) -> np.ndarray:
                 below[g, r] += int(cum[digit - 1]) if digit else 0
                 prefix[g, r] = (int(prefix[g, r]) << w) | digit
         done += w
-    return prefix.reshape(*(math.prod(view.sample_shape), view.channels, len(ranks)))
+    return prefix.reshape(math.prod(layout.sample_shape), layout.channels, len(ranks))
 
 
 def percentiles_chunked(
@@ -218,21 +183,15 @@ def percentiles_chunked(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exactly :func:`carekit.normalize.percentiles` of the network-order array, read chunk by chunk.
 
-    Returns ``lo, hi`` of shape ``(N, C, 1, ...)`` (float32), where ``N`` runs over the samples
-    of ``array`` (axes other than C and ``spatial``) and the percentiles are linear
-    interpolations of order statistics, as ``np.percentile`` computes them.
+    Returns ``lo, hi`` of shape ``(N, C, 1, ...)`` (float32), where ``N`` runs over the samples of
+    ``array`` (axes other than C and ``spatial``); the order statistics come from a radix selection,
+    the rule that interpolates them is the in-memory path's.
     """
-    view = View(axes, spatial, tuple(array.shape))
-    n = math.prod(view.spatial_shape)
-    virtual = (n - 1) * np.true_divide(np.asarray(q, np.float64), 100)
-    lower = np.floor(virtual)
-    gamma = virtual - lower
-    ranks = [int(min(i, n - 1)) for v in lower for i in (v, v + 1)]
-    values = from_keys(select_keys(array, view, ranks, what), np.dtype(array.dtype))  # (N, C, 4)
-    out = []
-    for k, t in enumerate(gamma):
-        a, b = values[..., 2 * k], values[..., 2 * k + 1]
-        diff = b - a  # numpy's interpolation, step by step, so the result is bit-identical
-        out.append(np.where(t >= 0.5, b - diff * (1 - t), a + diff * t).astype(np.float32))
-    shape = (*out[0].shape, *(1,) * len(spatial))
-    return out[0].reshape(shape), out[1].reshape(shape)
+    layout = Layout(axes, spatial, tuple(array.shape))
+
+    def select(ranks: list[int]) -> np.ndarray:
+        return from_keys(select_keys(array, layout, ranks, what), np.dtype(array.dtype))
+
+    lo, hi = from_order_statistics(select, math.prod(layout.spatial_shape), q)
+    shape = (*lo.shape, *(1,) * len(spatial))
+    return lo.reshape(shape), hi.reshape(shape)

@@ -1,4 +1,4 @@
-"""The model: configuration + network, its folder on disk, and prediction on user arrays.
+"""The model: configuration + network, its folder on disk, and the prediction outline of every mode.
 
 A model folder holds ``config.json`` (every setting, axes, normalisation, carekit
 version), ``weights.safetensors`` (the best weights), ``last.safetensors`` (the last
@@ -9,21 +9,23 @@ ever unpickled.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from carekit.axes import Layout, check_axes, from_net, to_net
+from carekit.axes import Layout, check_axes, to_net
 from carekit.config import Config
 from carekit.engine import Engine, choose_engine
 from carekit.errors import CarekitError
 from carekit.io import check_finite, read_json, write_atomic, write_json
+from carekit.nets import packaged
 from carekit.nets.unet import UNet, count_parameters, fold_batch_norm
-from carekit.normalize import PREDICT_PERCENTILES, IntensityMap, denormalize, normalize, percentiles, scale_of
-from carekit.predict import predict_tiled
+from carekit.normalize import PREDICT_PERCENTILES, IntensityMap, normalize, percentiles
+from carekit.registry import Mode, mode_of
+from carekit.tiling import predict_tiled
 from carekit.uncertainty import Laplace
 
 CONFIG = "config.json"
@@ -48,22 +50,41 @@ def unet_settings(config: Config) -> dict:
 
 
 def build_net(config: Config) -> torch.nn.Module:
-    unet = unet_settings(config)
-    if config.mode == "projection":
-        from carekit.nets.projection import ProjectionNet
-
-        p = config.projection
-        return ProjectionNet(config.n_channel_in, config.n_channel_out, proj_depth=p.depth,
-                             proj_features=p.n_first, proj_kernel=p.kernel_size, **unet)  # fmt: skip
-    return UNet(config.ndim, config.n_channel_in, config.n_channel_out, **unet)
+    """The network of ``config``: its mode's, or the U-Net of ``config.net``."""
+    build = mode_of(config.mode).net
+    if build is not None:
+        return build(config)
+    return UNet(config.ndim, config.n_channel_in, config.n_channel_out, **unet_settings(config))
 
 
 def state_dict_cpu(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone() for k, v in net.state_dict().items()}
 
 
+@dataclass(frozen=True)
+class Run:
+    """How one prediction runs the network: engine, tiles, memory budget, progress bar, TTA."""
+
+    engine: Engine
+    n_tiles: tuple[int, ...] | None = None
+    memory: int | None = None
+    progress: bool = False
+    tta: bool = False
+
+
+@dataclass
+class Prediction:
+    """A restoration in the input's axes order: mean, Laplace scale (probabilistic models) and the
+    mode's extra maps (e.g. a projection's ``height``), with the result's axes."""
+
+    mean: np.ndarray
+    scale: np.ndarray | None
+    axes: str
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 class CARE:
-    """A CARE restoration model.
+    """A CARE restoration model; a mode's class overrides :meth:`network_pass` and the axes it works on.
 
     Examples
     --------
@@ -72,13 +93,9 @@ class CARE:
     >>> model = carekit.load("my_model")  # doctest: +SKIP
     """
 
-    mode = "denoise"
-    by_mode: ClassVar[dict[str, type[CARE]]] = {}
-
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        if "mode" in cls.__dict__:  # shared bases register nothing
-            CARE.by_mode[cls.mode] = cls
+    fold_spatial: str | None = None  # the axes prediction folds an image into (None: the network's)
+    result_spatial: str | None = None  # the result's spatial axes (None: those folded)
+    extra_outputs: tuple[str, ...] = ()  # maps the network pass returns after mean (and scale)
 
     def __init__(self, config: Config, net: UNet | None = None, directory: str | Path | None = None) -> None:
         config.net = config.net.settled()  # built untrained, choices left to the data: no residual
@@ -89,6 +106,11 @@ class CARE:
         self._inference: torch.nn.Module | None = None
 
     # -- description ----------------------------------------------------------
+    @property
+    def kind(self) -> Mode:
+        """The registered mode this model restores in."""
+        return mode_of(self.config.mode)
+
     @property
     def intensity_map(self) -> IntensityMap:
         if self.config.intensity_map is None:
@@ -108,7 +130,6 @@ class CARE:
     def __repr__(self) -> str:
         return f"<{self.summary()}>"
 
-    # -- prediction -------------------------------------------------------------
     def output_spacing(self, spacing: dict[str, float] | None, factor: float | None = None) -> dict[str, float] | None:
         """Voxel size of :meth:`predict`'s result for an input with ``spacing`` (unchanged here)."""
         return spacing
@@ -121,6 +142,7 @@ class CARE:
         first = min(axes.index(a) for a in self.config.spatial)
         return axes[:first] + "C" + axes[first:]
 
+    # -- the network --------------------------------------------------------------
     def engine(self, device: str = "auto", precision: str | None = None) -> Engine:
         engine = choose_engine(device, precision or self.config.train.precision)
         if engine != self._engine:
@@ -141,6 +163,7 @@ class CARE:
             self._inference = self._engine.prepare(net) if self._engine is not None else net
         return self._inference
 
+    # -- prediction ---------------------------------------------------------------
     def predict(self, image: np.ndarray, axes: str | None = None, **options) -> np.ndarray:
         """Restore ``image`` and return float32 intensities in the same axes order.
 
@@ -161,23 +184,49 @@ class CARE:
             Show a progress bar for large inputs.
         tta : bool
             Test-time augmentation: average the 8 flips/rotations of the lateral plane (8x slower).
+        **options
+            The mode's own options (e.g. ``factor`` for isotropic models).
         """
-        return self.predict_with_scale(image, axes, **options)[0]
+        return self.prediction(image, axes, **options).mean
 
     def predict_distribution(self, image: np.ndarray, axes: str | None = None, **options) -> Laplace:
         """The per-pixel Laplace distribution (mean and scale, in intensity units) of a probabilistic model."""
+        return self.as_distribution(self.prediction(image, axes, **options))
+
+    def as_distribution(self, result: Prediction) -> Laplace:
+        """The Laplace distribution of a :meth:`prediction` (calibrated, where the model was)."""
         if not self.config.net.probabilistic:
             raise CarekitError("this model predicts no distribution; train it with --probabilistic")
-        mean, scale = self.predict_with_scale(image, axes, **options)
-        return Laplace(mean, scale, calibration_table(self.config.calibration))
+        return Laplace(result.mean, result.scale, calibration_table(self.config.calibration))
 
     def predict_with_scale(
         self, image: np.ndarray, axes: str | None = None, **options
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean and Laplace scale (None for point models) in the input's axes order."""
-        x, layout = self.network_input(image, axes, self.config.spatial)
-        mean, scale = self.restore(x, **options)
-        return from_net(mean, layout)[0], None if scale is None else from_net(scale, layout)[0]
+        result = self.prediction(image, axes, **options)
+        return result.mean, result.scale
+
+    def prediction(self, image: np.ndarray, axes: str | None = None, *, n_tiles: tuple[int, ...] | None = None,
+                   memory: int | None = None, device: str = "auto", precision: str | None = None,
+                   progress: bool = False, tta: bool = False, **options) -> Prediction:  # fmt: skip
+        """The outline every mode follows: fold ``image`` into network order, take its percentiles,
+        run the mode's network pass, bring the output to intensities and unfold it (see :meth:`predict`)."""
+        if tta and "tta" not in self.kind.supports:
+            raise CarekitError(f"test-time augmentation is available for denoise models, not {self.config.mode} ones")
+        x, layout = self.network_input(image, axes, self.fold_spatial or self.config.spatial)
+        engine = self.engine(device, precision)
+        lo, hi = percentiles(x, PREDICT_PERCENTILES, engine.device)
+        y = self.network_pass(x, lo, hi, Run(engine, n_tiles, memory, progress, tta), **options)
+        lo, hi = (v.reshape(*v.shape[:2], *(1,) * (y.ndim - 2)) for v in (lo, hi))
+        mean, scale = self.to_intensities(y, lo, hi)
+        spatial = self.result_spatial or layout.spatial
+        c = mean.shape[1] + (0 if scale is None else scale.shape[1])
+        extra = {}
+        for i, name in enumerate(self.extra_outputs):  # one value per pixel, whatever the channels
+            value, value_axes = layout.unfold(y[:, c + i : c + i + 1], spatial)
+            extra[name] = np.take(value, 0, axis=value_axes.index("C")) if "C" in value_axes else value
+        mean, out_axes = layout.unfold(mean, spatial)
+        return Prediction(mean, None if scale is None else layout.unfold(scale, spatial)[0], out_axes, extra)
 
     def network_input(self, image: np.ndarray, axes: str | None, spatial: str) -> tuple[np.ndarray, Layout]:
         """Validate ``image`` and fold it into ``(N, C, *spatial)``."""
@@ -190,16 +239,28 @@ class CARE:
         check_finite(x, "image")
         return x, layout
 
-    def run_net(
-        self,
-        x: np.ndarray,
-        engine: Engine,
-        n_tiles=None,
-        memory=None,
-        progress=False,
-        forward=None,
-        bytes_per_voxel=None,
-    ):
+    def network_pass(self, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, run: Run) -> np.ndarray:
+        """The network's output for raw ``x`` with percentiles ``lo``, ``hi``, in normalised units:
+        mean, then scale channels (probabilistic), then :attr:`extra_outputs`.
+
+        Here a plain tiled pass; with ``run.tta`` averaged over the 8 flips and 90° rotations of the
+        lateral plane.
+        """
+        normalized = normalize(x, lo, hi)
+        if not run.tta:
+            return self.run_net(normalized, run.engine, run.n_tiles, run.memory, run.progress)
+        y, n_tiles = None, run.n_tiles
+        for k, flip in itertools.product(range(4), (False, True)):
+            tiles = n_tiles if n_tiles is None or k % 2 == 0 else (*n_tiles[:-2], n_tiles[-1], n_tiles[-2])
+            view = np.rot90(np.flip(normalized, -1) if flip else normalized, k, axes=(-2, -1))
+            out = self.run_net(np.ascontiguousarray(view), run.engine, tiles, run.memory, run.progress)
+            out = np.rot90(out, -k, axes=(-2, -1))
+            out = np.flip(out, -1) if flip else out
+            y = out.copy() if y is None else y + out
+        return y / 8
+
+    def run_net(self, x: np.ndarray, engine: Engine, n_tiles=None, memory=None, progress=False, forward=None,
+                bytes_per_voxel=None) -> np.ndarray:  # fmt: skip
         """Tiled network output for normalised ``x`` (mean, then scale channels if probabilistic)."""
         return predict_tiled(
             forward or self.inference_net,
@@ -214,47 +275,19 @@ class CARE:
         )
 
     def to_intensities(self, y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Split network output into mean and scale and bring both to the target's intensity units.
+        """Mean and scale of network output ``y`` in the target's intensity units, in place (views of ``y``).
 
         ``lo``/``hi`` are the input's percentiles; the mean is de-normalised with the target
         percentiles they map to, and the scale multiplied by the same span.
         """
         c = self.config.n_channel_out
         t_lo, t_hi = self.intensity_map.apply(lo, hi)
-        mean = denormalize(y[:, :c], t_lo, t_hi)
+        mean = packaged.denormalize(y[:, :c], t_lo, t_hi)
         if not self.config.net.probabilistic:
             return mean, None
-        return mean, (y[:, c : 2 * c] * scale_of(t_lo, t_hi)).astype(np.float32, copy=False)
-
-    def restore(
-        self,
-        x: np.ndarray,
-        *,
-        n_tiles: tuple[int, ...] | None = None,
-        memory: int | None = None,
-        device: str = "auto",
-        precision: str | None = None,
-        progress: bool = False,
-        tta: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Network order: ``(N, C, *S)`` intensities -> mean (and scale) ``(N, C_out, *S)``.
-
-        With ``tta`` the network output is averaged over the 8 flips and 90° rotations of the
-        lateral plane.
-        """
-        engine = self.engine(device, precision)
-        lo, hi = percentiles(x, PREDICT_PERCENTILES, engine.device)
-        normalized = normalize(x, lo, hi)
-        if not tta:
-            return self.to_intensities(self.run_net(normalized, engine, n_tiles, memory, progress), lo, hi)
-        y = None
-        for k, flip in itertools.product(range(4), (False, True)):
-            tiles = n_tiles if n_tiles is None or k % 2 == 0 else (*n_tiles[:-2], n_tiles[-1], n_tiles[-2])
-            view = np.rot90(np.flip(normalized, -1) if flip else normalized, k, axes=(-2, -1))
-            out = np.rot90(self.run_net(np.ascontiguousarray(view), engine, tiles, memory, progress), -k, axes=(-2, -1))
-            out = np.flip(out, -1) if flip else out
-            y = out.copy() if y is None else y + out
-        return self.to_intensities(y / 8, lo, hi)
+        scale = y[:, c : 2 * c]
+        scale *= packaged.nonzero_span(t_lo, t_hi)
+        return mean, scale
 
     # -- folder -------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -274,24 +307,12 @@ class CARE:
         config = Config.from_dict(read_json(d / CONFIG), source=str(d / CONFIG))
         net = build_net(config)
         load_weights(d / weights, net)
-        return model_class(config.mode)(config, net, d)
-
-
-CARE.by_mode[CARE.mode] = CARE
+        return mode_of(config.mode).model(config, net, d)
 
 
 def calibration_table(calibration: dict | None) -> np.ndarray | None:
     """The stored recalibration table of a model or ensemble, if it was calibrated."""
     return None if not calibration else np.asarray(calibration["pit"], np.float64)
-
-
-def model_class(mode: str) -> type[CARE]:
-    """The class that predicts for ``mode`` (each mode's module registers its own)."""
-    import carekit.axial
-    import carekit.projection
-    import carekit.synthetic  # noqa: F401
-
-    return CARE.by_mode[mode]
 
 
 def save_weights(path: Path, net: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
@@ -308,10 +329,3 @@ def load_weights(path: Path, net: torch.nn.Module) -> None:
     except Exception as e:  # safetensors and torch raise several types for damaged files
         first = str(e).splitlines()[0]
         raise CarekitError(f"{path}: weights do not fit the configuration ({first}); the folder is damaged") from None
-
-
-def load(directory: str | Path):
-    """Load a model or ensemble folder: ``carekit.load("my_model")``."""
-    from carekit.ensemble import Ensemble, is_ensemble
-
-    return Ensemble.load(directory) if is_ensemble(directory) else CARE.load(directory)

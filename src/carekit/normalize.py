@@ -9,55 +9,60 @@ mapped back to intensities afterwards, see :class:`IntensityMap`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from carekit.nets.packaged import tensor_percentiles
+from carekit.nets import packaged
 
 PREDICT_PERCENTILES = (2.0, 99.8)
 TRAIN_LOW_RANGE = (1.0, 3.0)
 TRAIN_HIGH_RANGE = (99.5, 99.9)
 
 
-def percentiles(
-    x: np.ndarray, q: tuple[float, float], device: torch.device | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Low and high percentiles of ``x`` (``(N, C, *spatial)``) per sample and channel.
+def from_order_statistics(select: Callable[[list[int]], np.ndarray], n: int, q) -> list[np.ndarray]:
+    """Percentiles ``q`` of ``n`` values, given ``select(ranks)``: their order statistics at the 0-based
+    ``ranks``, stacked along a last axis. The rule is :func:`carekit.nets.packaged.percentile_ranks`
+    (exactly ``numpy.percentile``'s); a selection may partition an array or stream it from disk."""
+    rules = [packaged.percentile_ranks(n, p) for p in q]
+    ranks = sorted({int(r) for rule in rules for r in rule[:2]})
+    values = select(ranks)
+    at = {r: values[..., i] for i, r in enumerate(ranks)}
+    return [packaged.interpolate(at[int(a)], at[int(b)], np.float64(w)).astype(np.float32) for a, b, w in rules]
 
-    Returns two arrays of shape ``(N, C, 1, ..., 1)``, ready to broadcast. On a CUDA
-    ``device`` they are taken there by sorting (the same linear interpolation; on a GPU
-    the CPU's partial sort otherwise takes most of a prediction's time), falling back to
-    the CPU when the GPU has no room.
+
+def percentiles(x: np.ndarray, q, device: torch.device | None = None) -> list[np.ndarray]:
+    """Percentiles ``q`` of ``x`` (``(N, C, *spatial)``) per sample and channel.
+
+    Returns one array of shape ``(N, C, 1, ..., 1)`` per entry of ``q``, ready to broadcast. On a
+    CUDA ``device`` they are taken there by sorting (the same rule; on a GPU the CPU's partial sort
+    otherwise takes most of a prediction's time), falling back to the CPU when the GPU has no room.
     """
     shape = (x.shape[0], x.shape[1]) + (1,) * (x.ndim - 2)
     if device is not None and device.type == "cuda":
         try:
             t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)
-            lo, hi = (v.cpu().numpy().reshape(shape) for v in tensor_percentiles(t, *q))
-            return lo, hi
+            return [v.cpu().numpy().reshape(shape) for v in packaged.tensor_percentiles(t, *q)]
         except torch.cuda.OutOfMemoryError:
             pass
     flat = x.reshape(x.shape[0], x.shape[1], -1)
-    lo, hi = np.percentile(flat, q, axis=2).astype(np.float32)
-    return lo.reshape(shape), hi.reshape(shape)
 
+    def select(ranks: list[int]) -> np.ndarray:
+        return np.take(np.partition(flat, ranks, axis=-1), ranks, axis=-1)
 
-def scale_of(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """The divisor ``hi - lo``, with 1 where an image is flat (so nothing divides by 0)."""
-    span = np.asarray(hi, np.float32) - np.asarray(lo, np.float32)
-    return np.where(span > 0, span, np.float32(1.0)).astype(np.float32)
+    return [v.reshape(shape) for v in from_order_statistics(select, flat.shape[-1], q)]
 
 
 def normalize(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Map ``lo`` to 0 and ``hi`` to 1 (float32)."""
-    return ((np.asarray(x, np.float32) - lo) / scale_of(lo, hi)).astype(np.float32, copy=False)
+    return ((np.asarray(x, np.float32) - lo) / packaged.nonzero_span(lo, hi)).astype(np.float32, copy=False)
 
 
 def denormalize(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Exact inverse of :func:`normalize` with the same ``lo`` and ``hi``."""
-    return (np.asarray(y, np.float32) * scale_of(lo, hi) + lo).astype(np.float32, copy=False)
+    """Exact inverse of :func:`normalize` with the same ``lo`` and ``hi`` (a new float32 array)."""
+    return packaged.denormalize(np.array(y, np.float32), lo, hi)
 
 
 @dataclass(frozen=True)
@@ -97,14 +102,9 @@ class IntensityMap:
 
     def apply(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Target percentiles ``(N, C_out, 1...)`` estimated from input ones ``(N, C_in, 1...)``."""
-        gain = np.asarray(self.gain, np.float32)
-        offset = np.asarray(self.offset, np.float32)
-        shape = (1, len(gain)) + (1,) * (lo.ndim - 2)
-        gain, offset = gain.reshape(shape), offset.reshape(shape)
-        if lo.shape[1] != len(self.gain):
-            lo = lo.mean(axis=1, keepdims=True)
-            hi = hi.mean(axis=1, keepdims=True)
-        return gain * lo + offset, gain * hi + offset
+        shape = (1, len(self.gain)) + (1,) * (lo.ndim - 2)
+        gain, offset = (np.asarray(v, np.float32).reshape(shape) for v in (self.gain, self.offset))
+        return packaged.target_range(lo, hi, gain, offset)
 
     def to_dict(self) -> dict:
         return {"gain": list(self.gain), "offset": list(self.offset)}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from carekit.axes import from_net, to_net
+from carekit.axes import from_net, rearrange, to_net
 from carekit.errors import CarekitError
 from carekit.io import check_finite
 
@@ -141,26 +141,24 @@ class Package:
         return [u[0] for u in unfolded], unfolded[0][1]
 
 
+LETTERS = {"batch": "N", "channel": "C", **SPACE}  # the package's axis ids as carekit letters
+
+
 def to_package(x: np.ndarray, axes: list[str]) -> np.ndarray:
     """``(1, C, *S)`` -> the package's axis order (axes it lacks must have size 1)."""
-    ours = ["batch", "channel", *[a for a in "zyx" if a in axes]]
-    present = [a for a in ours if a in axes]
-    for a in ours:
-        if a not in axes and x.shape[ours.index(a)] != 1:
-            raise CarekitError(f"the package has no {a} axis but the image has {x.shape[ours.index(a)]} along it")
-    squeezed = x.reshape([s for a, s in zip(ours, x.shape, strict=True) if a in axes])
-    return np.transpose(squeezed, [present.index(a) for a in axes])
+    ours = "NC" + "".join(SPACE[a] for a in "zyx" if a in axes)
+    theirs = "".join(LETTERS[a] for a in axes)
+    for a, size in zip(ours, x.shape, strict=True):
+        if a not in theirs and size != 1:
+            name = next(k for k, v in LETTERS.items() if v == a)
+            raise CarekitError(f"the package has no {name} axis but the image has {size} along it")
+    return rearrange(x, ours, theirs)
 
 
 def from_package(y: np.ndarray, axes: list[str]) -> np.ndarray:
     """The package's axis order -> ``(1, C, *S)``."""
-    order = [axes.index(a) for a in ("batch", "channel", "z", "y", "x") if a in axes]
-    y = np.transpose(y, order)
-    if "batch" not in axes:
-        y = y[None]
-    if "channel" not in axes:
-        y = y[:, None]
-    return y
+    theirs = "".join(LETTERS[a] for a in axes)
+    return rearrange(y, theirs, "NC" + "".join(a for a in "ZYX" if a in theirs))
 
 
 def process(t: np.ndarray, spec: Tensor, raw_input: tuple[np.ndarray, Tensor] | None) -> np.ndarray:

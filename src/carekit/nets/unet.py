@@ -174,7 +174,7 @@ class UNet(nn.Module):
         Add a Laplace scale head: the output is ``[mean, scale]`` along channels, with
         ``scale = softplus(.) + 1e-3`` from its own 1x1 convolution. The head reads the last
         feature maps without passing gradients back into them, so the scale cannot steer the
-        features the mean is made of (with the beta-weighted NLL of ``carekit.train`` the mean
+        features the mean is made of (with the beta-weighted NLL of ``carekit.losses`` the mean
         then trains exactly as a plain network's would).
     """
 

@@ -24,7 +24,14 @@ from scipy.ndimage import maximum_filter
 
 from carekit.data.pairs import ImagePair
 from carekit.errors import CarekitError
-from carekit.normalize import PREDICT_PERCENTILES, TRAIN_HIGH_RANGE, TRAIN_LOW_RANGE, IntensityMap
+from carekit.normalize import (
+    PREDICT_PERCENTILES,
+    TRAIN_HIGH_RANGE,
+    TRAIN_LOW_RANGE,
+    IntensityMap,
+    normalize,
+    percentiles,
+)
 
 MAX_CANDIDATES = 4_000_000  # positions kept per image region; a random subset beyond this
 LOW_GRID = np.linspace(*TRAIN_LOW_RANGE, 9)
@@ -49,7 +56,7 @@ class Region:
 
 def percentile_table(img: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Percentiles ``q`` per channel of ``img`` (``(C, *spatial)``): shape ``(C, len(q))``."""
-    return np.percentile(img.reshape(img.shape[0], -1), q, axis=1).T.astype(np.float32)
+    return np.stack([v.reshape(-1) for v in percentiles(img[None], q)], axis=1)
 
 
 def source_tables(pairs: list[ImagePair], q: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -230,9 +237,8 @@ class PatchSampler:
             n = len(LOW_GRID)
             lo = np.array([np.interp(lo_q, LOW_GRID, t[:n]) for t in table], np.float32)
             hi = np.array([np.interp(hi_q, HIGH_GRID, t[n : 2 * n]) for t in table], np.float32)
-            span = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
             shape = (-1,) + (1,) * (img.ndim - 1)
-            return (img.astype(np.float32) - lo.reshape(shape)) / span.reshape(shape)
+            return normalize(img, lo.reshape(shape), hi.reshape(shape))
 
         return scaled(x, self.low_tables[i]), scaled(y, self.high_tables[i])
 

@@ -1,4 +1,4 @@
-"""Training from a recipe: generated ground truth, simulated widefield inputs, no data on disk.
+"""Recipes of fully synthetic training pairs: generated ground truth, simulated widefield inputs.
 
 A recipe is a JSON file naming the structures per channel, the microscope and the
 number of pairs::
@@ -31,11 +31,9 @@ from tqdm.auto import tqdm
 
 from carekit.data.camera import widefield_sigmas
 from carekit.data.pairs import ImagePair
-from carekit.data.synthetic import gaussian_psf, granules, tubules, widefield
+from carekit.data.structures import gaussian_psf, granules, tubules, widefield
 from carekit.errors import CarekitError
 from carekit.io import read_image, write_tiff
-from carekit.model import CARE
-from carekit.train import check_settings, fit, make_config, resumable
 
 STRUCTURES = {"tubules": tubules, "granules": granules}
 IMAGING_KEYS = {
@@ -199,35 +197,3 @@ def synth(recipe: Recipe | str | Path, n: int, out_dir: str | Path, *, seed: int
         written.append(write_tiff(Path(out_dir) / "low" / f"{i:04d}.tif", low, axes))
         write_tiff(Path(out_dir) / "high" / f"{i:04d}.tif", high, axes)
     return written
-
-
-class SyntheticCARE(CARE):
-    """A denoising/deconvolving model trained on synthetic pairs; predicts like any CARE model."""
-
-    mode = "synthetic"
-
-
-def train_synthetic(
-    recipe: Recipe | str | Path,
-    model_dir: str | Path,
-    *,
-    time_budget: float | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    device: str = "auto",
-    progress: bool = True,
-    **settings,
-) -> SyntheticCARE:
-    """Train on ``recipe.pairs`` generated pairs (the recipe is stored in the model's configuration)."""
-    model_dir = Path(model_dir)
-    check_settings(settings)
-    saved = resumable(model_dir, resume, overwrite, settings.get("epochs"))
-    if saved is not None:
-        recipe = parse_recipe(saved.synthetic, str(model_dir))
-    elif not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe)
-    pairs = generate_pairs(recipe, recipe.pairs, recipe.seed, progress)
-    axes = recipe.axes
-    channels = (len(recipe.channels),) * 2
-    config = saved or make_config(axes, channels, settings, "synthetic", synthetic=recipe.to_dict())
-    return fit(pairs, config, model_dir, resume=resume, time_budget=time_budget, device=device, progress=progress)

@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from carekit import __version__
+from carekit._version import __version__
 from carekit.errors import CarekitError
 from carekit.io import atomic_path
 from carekit.model import CARE, state_dict_cpu, unet_settings
 from carekit.nets import packaged, unet
 from carekit.nets.packaged import PackagedNet
 from carekit.normalize import PREDICT_PERCENTILES
+from carekit.registry import supporting
 
 CARE_DOI = "10.1038/s41592-018-0216-7"
 CARE_CITATION = (
@@ -44,11 +45,11 @@ SAMPLE_EDGE = {2: 128, 3: 32}  # test-tensor edge, before rounding to a valid si
 
 def packaged_net(model: CARE) -> PackagedNet:
     """The model's network wrapped with its normalisation, float32 on the CPU, in eval mode."""
-    if not isinstance(model, CARE) or model.config.mode not in ("denoise", "synthetic"):
+    if not isinstance(model, CARE) or "export" not in model.kind.supports:
         what = getattr(getattr(model, "config", None), "mode", type(model).__name__)
         raise CarekitError(
-            f"export packages denoising and synthetic models; this is a {what} model. "
-            "Export one ensemble member folder, or predict isotropic/projection models with carekit"
+            f"export packages {supporting('export')} models; this is a {what} model. "
+            "Export one ensemble member folder, or predict the other modes with carekit"
         )
     c = model.config
     kwargs = {"ndim": c.ndim, "in_channels": c.n_channel_in, "out_channels": c.n_channel_out, **unet_settings(c)}

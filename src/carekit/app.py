@@ -1,0 +1,252 @@
+"""The application layer: what the command line, the Python API and a graphical interface call.
+
+Each function takes plain values (paths, arrays, numbers), does one user-level job and reports
+progress through callbacks; a ``threading.Event`` passed as ``stop`` cancels it cleanly (training
+keeps its best weights, out-of-core prediction its finished blocks). Nothing here parses
+arguments or prints.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from carekit.axes import to_net
+from carekit.bioimageio import export
+from carekit.chunked import restore_chunked
+from carekit.data.pairs import match_files
+from carekit.data.recipes import synth
+from carekit.ensemble import Ensemble, calibrate, load, train_ensemble
+from carekit.errors import CarekitError
+from carekit.figures import reliability_diagram, sample_movie
+from carekit.io import list_images, prepare_output, read_image, read_spacing, read_with_axes, write_tiff
+from carekit.metrics import evaluate
+from carekit.model import CARE
+from carekit.modes import MODES
+from carekit.omezarr import is_zarr
+from carekit.package import Package, is_package
+from carekit.registry import mode_of
+from carekit.trainer import Callback, Trainer
+from carekit.training import train_mode
+
+__all__ = ["MODES", "calibrate_files", "evaluate_files", "export", "export_folder", "load", "predict_files", "synth",
+           "train"]  # fmt: skip
+
+
+class StopOn(Callback):
+    """Stops training when ``event`` is set (a Cancel button in another thread)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def on_step(self, trainer: Trainer, step: int, loss: float) -> None:
+        if self.event.is_set():
+            trainer.stop()
+
+
+def train(mode: str, model_dir: str | Path, *, ensemble: int | None = None, stop: threading.Event | None = None,
+          callbacks: Sequence[Callback] = (), **keywords) -> CARE | Ensemble:  # fmt: skip
+    """Train a model of ``mode`` (or an ensemble of ``ensemble`` members) into ``model_dir``.
+
+    ``keywords`` hold the mode's inputs (e.g. ``low``, ``high``, ``axes``; see its
+    :class:`~carekit.registry.Mode`), its settings, configuration fields and the options of
+    :func:`carekit.training.train_mode` (``time_budget``, ``resume``, ``overwrite``, ``device``,
+    ``progress``, ``init``).
+
+    Examples
+    --------
+    >>> app.train("isotropic", "iso", input="stack.tif", axes="ZYX", factor=4, psf_sigma=(6, 1.5))  # doctest: +SKIP
+    """
+    kind = mode_of(mode)
+    inputs = {k: keywords.pop(k) for k in kind.inputs if k in keywords}
+    callbacks = [*callbacks, *([StopOn(stop)] if stop is not None else [])]
+
+    def train_one(model_dir: str | Path, **overrides) -> CARE:
+        return train_mode(kind, model_dir, inputs, callbacks=callbacks, **{**keywords, **overrides})
+
+    if not ensemble:
+        return train_one(model_dir)
+    run = {k: keywords.pop(k) for k in ("time_budget", "resume", "overwrite") if k in keywords}
+    return train_ensemble(train_one, ensemble, model_dir, seed=keywords.pop("seed", 0), **run)
+
+
+def predict_files(model: str | Path, source: str | Path, output: str | Path, *, axes: str | None = None,
+                  height_map: str | Path | None = None, uncertainty: str | Path | None = None, level: float = 0.9,
+                  movie: str | Path | None = None, samples: int = 16, dask: str | None = None,
+                  overwrite: bool = False, progress: bool = True, stop: threading.Event | None = None,
+                  on_file: Callable[[Path, Path], None] | None = None, **options) -> list[Path]:  # fmt: skip
+    """Restore a TIFF file or folder of TIFFs with a model folder, ensemble or bioimage.io package;
+    OME-Zarr input or output (or ``dask``) restores out of core. Returns the written paths.
+
+    ``options`` are prediction options (``n_tiles``, ``memory``, ``device``, ``precision``, ``tta``,
+    a mode's own such as ``factor``). ``height_map`` (projection models), ``uncertainty`` (a folder
+    for spread, interval, entropy and disagreement maps) and ``movie`` (samples, .gif or .mp4) ask
+    for more outputs. ``on_file(source, output)`` is called after each file.
+    """
+    options = {k: v for k, v in options.items() if v not in (None, False)}
+    extras = {"--uncertainty": uncertainty, "--movie": movie, "--height-map": height_map,
+              "--factor": options.get("factor"), "--tta": options.get("tta")}  # fmt: skip
+    if is_package(model):
+        return predict_package(Package(model), source, output, axes, extras, on_file)
+    if dask or is_zarr(source) or Path(output).suffix.lower() == ".zarr":
+        extras = {"--tta": extras.pop("--tta"), **extras, "--n-tiles": options.pop("n_tiles", None)}
+        written = predict_out_of_core(model, source, output, axes, extras, dask, overwrite, progress, stop, options)
+        if on_file is not None:
+            on_file(Path(source), written)
+        return [written]
+    model = load(model)
+    check_outputs(model, height_map, level, movie, samples, options)
+    jobs = file_pairs(source, output)
+    heights = [None] * len(jobs)
+    if height_map:
+        heights = [Path(height_map) / src.name if Path(source).is_dir() else Path(height_map) for src, _ in jobs]
+        for height in heights:
+            prepare_output(height, role="--output")
+    written = []
+    for (src, dst), height in zip(jobs, heights, strict=True):
+        if stop is not None and stop.is_set():
+            break
+        image, image_axes = read_with_axes(src, axes, fallback=model.config.axes)
+        spacing = model.output_spacing(read_spacing(src), options.get("factor"))
+        out_axes = model.output_axes(image_axes)
+        mean, dist, extra = restore(model, image, image_axes, bool(uncertainty or movie), progress, options)
+        if dist is not None:
+            write_uncertainty(dist, Path(src).stem, out_axes, spacing, uncertainty, level, movie, samples)
+        if height is not None:
+            write_tiff(height, extra["height"].astype("float32"), out_axes.replace("C", ""), spacing=spacing)
+        written.append(write_tiff(dst, mean.astype("float32", copy=False), out_axes, spacing=spacing))
+        if on_file is not None:
+            on_file(Path(src), Path(dst))
+    return written
+
+
+def restore(model, image: np.ndarray, axes: str, distribution: bool, progress: bool, options: dict) -> tuple:
+    """Mean, distribution (if asked) and the mode's extra maps, from one pass of the network."""
+    if isinstance(model, CARE):
+        result = model.prediction(image, axes, progress=progress, **options)
+        return result.mean, model.as_distribution(result) if distribution else None, result.extra
+    if distribution:
+        dist = model.predict_distribution(image, axes, progress=progress, **options)
+        return dist.mean, dist, {}
+    return model.predict(image, axes, progress=progress, **options), None, {}
+
+
+def check_outputs(model, height_map, level: float, movie, samples: int, options: dict) -> None:
+    """Refuse options the model cannot honour, before any work."""
+    if height_map and "height" not in getattr(model, "extra_outputs", ()):
+        raise CarekitError(f"--height-map applies to projection models; {model.directory} is a "
+                           f"{model.config.mode} model")  # fmt: skip
+    if not 0 < level < 1:
+        raise CarekitError(f"--level must be between 0 and 1, got {level}")
+    if movie:
+        prepare_output(movie, role="--movie")
+        if samples < 2:
+            raise CarekitError(f"--samples must be at least 2 for a movie, got {samples}")
+    if "factor" in options and model.config.axial is None:
+        raise CarekitError(f"--factor applies to isotropic and upsampling models; {model.directory} is a "
+                           f"{model.config.mode} model")  # fmt: skip
+
+
+def file_pairs(source: str | Path, output: str | Path) -> list[tuple[Path, Path]]:
+    """Input files with their output paths (a folder maps to a folder), checked writable."""
+    inputs, out = list_images(source, role="--input"), Path(output)
+    if Path(source).is_dir():
+        if out.suffix.lower() in (".tif", ".tiff"):
+            raise CarekitError(f"{source} is a folder, so --output must be a folder, not {out.name}")
+        pairs = [(f, out / f.name) for f in inputs]
+    else:
+        pairs = [(inputs[0], out)]
+    for _, target in pairs:
+        prepare_output(target, role="--output")
+    return pairs
+
+
+def write_uncertainty(dist, stem: str, axes: str, spacing, folder, level: float, movie, samples: int) -> None:
+    """Spread, central interval, entropy (and disagreement) maps into ``folder``; a movie of samples."""
+    if folder:
+        lower, upper = dist.interval(level)
+        maps = {"spread": dist.spread(), f"lower{level:g}": lower, f"upper{level:g}": upper, "entropy": dist.entropy()}
+        if hasattr(dist, "disagreement"):
+            maps["disagreement"] = dist.disagreement()
+        for name, value in maps.items():
+            write_tiff(Path(folder) / f"{stem}_{name}.tif", np.asarray(value, np.float32), axes, spacing=spacing)
+    if movie:
+        drawn = dist.sample(samples, np.random.default_rng(0))
+        frames = drawn.reshape(samples, -1, *drawn.shape[-2:])
+        sample_movie(frames[:, frames.shape[1] // 2], movie)
+
+
+def predict_package(package: Package, source, output, axes: str | None, extras: dict, on_file) -> list[Path]:
+    """Restore with a bioimage.io package through ONNX Runtime or TorchScript (extra outputs beside)."""
+    unsupported = [flag for flag, value in extras.items() if value]
+    if unsupported:
+        raise CarekitError(f"{' '.join(unsupported)} need a carekit model folder, not a bioimage.io package")
+    written = []
+    for src, dst in file_pairs(source, output):
+        image, image_axes = read_with_axes(src, axes, fallback=package.spatial)
+        restored, out_axes = package.predict(image, image_axes)
+        spacing = read_spacing(src)
+        written.append(write_tiff(dst, restored[0], out_axes, spacing=spacing))
+        for extra, spec in zip(restored[1:], package.outputs[1:], strict=True):
+            write_tiff(dst.with_name(f"{dst.stem}_{spec.id}{dst.suffix}"), extra, out_axes, spacing=spacing)
+        if on_file is not None:
+            on_file(Path(src), Path(dst))
+    return written
+
+
+def predict_out_of_core(model, source, output, axes, extras: dict, dask, overwrite, progress, stop, options) -> Path:
+    """OME-Zarr input or output, or Dask: block by block, resumable (see :func:`restore_chunked`)."""
+    refused = [flag for flag, value in extras.items() if value]
+    if refused:
+        raise CarekitError(f"{', '.join(refused)} cannot be combined with OME-Zarr or --dask prediction; "
+                           "predict to a TIFF instead")  # fmt: skip
+    out = Path(output)
+    if out.suffix.lower() != ".zarr":
+        raise CarekitError(f"{out}: OME-Zarr and --dask prediction write OME-Zarr; give an --output ending in .zarr")
+    if Path(source).is_dir() and not is_zarr(source):
+        raise CarekitError(f"{source}: a folder of TIFFs cannot go to one OME-Zarr; predict the files one by one")
+
+    def cancel(block) -> None:
+        if stop is not None and stop.is_set():
+            raise CarekitError(f"cancelled; {out}.partial keeps the finished blocks, run again to continue")
+
+    return restore_chunked(model, source, out, axes=axes, overwrite=overwrite, progress=progress, dask=dask,
+                           on_block=cancel, **options)  # fmt: skip
+
+
+def calibrate_files(model_dir: str | Path, low: Sequence[str | Path], high: str | Path, axes: str | None = None,
+                    **options) -> dict:  # fmt: skip
+    """Recalibrate a probabilistic model or ensemble on held-out pairs (files matched by name);
+    stores the calibration and ``reliability.png`` in the folder and returns the report."""
+    model = load(model_dir)
+    axes = axes or model.config.axes
+    images, truths = [], []
+    for low_file, high_file in match_files(low, high):
+        images.append(read_with_axes(low_file, axes)[0])
+        truths.append(read_with_axes(high_file, model.output_axes(axes))[0])
+    report = calibrate(model, images, truths, axes, **options)
+    reliability_diagram(report, Path(model_dir) / "reliability.png")
+    return report
+
+
+def export_folder(model_dir: str | Path, out: str | Path, *, sample: str | Path | None = None,
+                  axes: str | None = None, **metadata) -> Path:  # fmt: skip
+    """Write a model folder as a bioimage.io package, with a test image from a file if given."""
+    model = load(model_dir)
+    image = None
+    if sample:
+        data, sample_axes = read_with_axes(sample, axes, fallback=model.config.axes)
+        image = to_net(data, sample_axes, model.config.spatial, what=str(sample))[0]
+    return export(model, out, sample=image, **metadata)
+
+
+def evaluate_files(prediction: str | Path, truth: str | Path) -> dict[str, float]:
+    """NRMSE, PSNR and SSIM of a restored TIFF against its ground truth."""
+    restored, expected = read_image(prediction)[0], read_image(truth)[0]
+    if restored.shape != expected.shape:
+        raise CarekitError(f"{prediction}: shape {restored.shape} differs from {truth} shape {expected.shape}; "
+                           "compare matching images")  # fmt: skip
+    return evaluate(restored, expected)

@@ -1,0 +1,77 @@
+"""Denoising (and restoration in general) from registered low/high-SNR pairs: the CARE paper's mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from carekit.axes import check_axes
+from carekit.config import FAST_DENOISE, Config, default_spatial
+from carekit.data.pairs import load_pairs
+from carekit.errors import CarekitError
+from carekit.model import CARE
+from carekit.registry import Mode, Option, TrainingData, register
+from carekit.training import train_mode
+
+AXES = Option("--axes", "axes of every image, e.g. YX, ZYX, TCYX (default: from the file)")
+PAIR_OPTIONS = (
+    Option("--low", "low-SNR input file(s) or folder(s)", {"nargs": "+", "metavar": "PATH"}),
+    Option("--high", "high-SNR target file or folder (matched by name)", {"metavar": "PATH"}),
+    AXES,
+)
+
+
+def pair_inputs(mode: str, inputs: dict, saved: Config | None) -> tuple:
+    """``low``, ``high`` and settled axes of a pairs mode's inputs."""
+    low, high, axes = inputs.get("low"), inputs.get("high"), inputs.get("axes")
+    if low is None or high is None or (axes is None and saved is None):
+        raise CarekitError(f"{mode} training needs --low, --high and --axes")
+    return low, high, saved.axes if saved else check_axes(axes, what="--axes")
+
+
+def denoise_data(inputs: dict, saved: Config | None, settings: dict) -> TrainingData:
+    low, high, axes = pair_inputs("denoise", inputs, saved)
+    spatial = saved.spatial if saved else settings.get("spatial") or default_spatial(axes)
+    return TrainingData(load_pairs(low, high, axes, spatial), axes, spatial)
+
+
+DENOISE = register(
+    Mode(
+        name="denoise",
+        summary="low-SNR to high-SNR pairs (2D or 3D)",
+        inputs=("low", "high", "axes"),
+        data=denoise_data,
+        model=CARE,
+        net_defaults=FAST_DENOISE,
+        options=PAIR_OPTIONS,
+        supports=frozenset({"tiling", "out_of_core", "export", "tta", "uncertainty"}),
+    )
+)
+
+
+def train(low, high, axes: str, model_dir: str | Path, **options) -> CARE:
+    """Train a CARE network on registered low/high-SNR pairs and return the best model.
+
+    Parameters
+    ----------
+    low, high : array, list of arrays, or path(s)
+        Inputs and targets. Paths may be TIFF files or folders (files matched by name);
+        ``low`` may list several folders sharing one ``high`` folder.
+    axes : str
+        Axes of every image, e.g. ``"YX"``, ``"ZYX"``, ``"TCYX"``.
+    model_dir : path
+        Folder that receives the model.
+    time_budget : float, optional
+        Seconds after which training stops cleanly, keeping the best weights.
+    resume : bool
+        Continue from ``model_dir``'s last checkpoint (its configuration is kept).
+    overwrite, device, progress, callbacks, init
+        See :func:`carekit.training.train_mode`.
+    **options
+        Any :class:`~carekit.config.NetConfig` or :class:`~carekit.config.TrainConfig` field,
+        e.g. ``epochs=10, kernel_size=3, patch_size=(64, 64)``.
+
+    Examples
+    --------
+    >>> model = carekit.train(noisy, clean, axes="YX", model_dir="m", epochs=5)  # doctest: +SKIP
+    """
+    return train_mode(DENOISE, model_dir, {"low": low, "high": high, "axes": axes}, **options)

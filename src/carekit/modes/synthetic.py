@@ -1,0 +1,50 @@
+"""Training from a recipe: no data on disk, pairs generated when training starts.
+
+The recipe (structures per channel, the simulated microscope and the number of pairs, see
+:mod:`carekit.data.recipes`) is stored in the model's configuration; the network learns to undo
+the microscope and predicts like a denoising model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from carekit.config import Config
+from carekit.data.recipes import Recipe, generate_pairs, load_recipe, parse_recipe
+from carekit.errors import CarekitError
+from carekit.model import CARE
+from carekit.modes.denoise import DENOISE
+from carekit.registry import Mode, Option, TrainingData, register
+from carekit.training import train_mode
+
+
+def synthetic_data(inputs: dict, saved: Config | None, settings: dict) -> TrainingData:
+    recipe = inputs.get("recipe")
+    if saved is not None:
+        recipe = parse_recipe(saved.synthetic, "the model's recipe")
+    elif recipe is None:
+        raise CarekitError("synthetic training needs --recipe RECIPE.json")
+    elif not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    pairs = generate_pairs(recipe, recipe.pairs, recipe.seed, settings.get("progress", False))
+    return TrainingData(pairs, recipe.axes, part=recipe.to_dict())
+
+
+SYNTHETIC = register(
+    Mode(
+        name="synthetic",
+        summary="widefield images of generated structures (a recipe) to the structures",
+        inputs=("recipe",),
+        data=synthetic_data,
+        model=CARE,
+        part="synthetic",
+        options=(Option("--recipe", "structures, microscope and number of pairs", {"metavar": "RECIPE.json"}),),
+        supports=DENOISE.supports,
+    )
+)
+
+
+def train_synthetic(recipe: Recipe | str | Path, model_dir: str | Path, **options) -> CARE:
+    """Train on ``recipe.pairs`` generated pairs (the recipe is stored in the model's configuration);
+    ``options`` as for :func:`carekit.train`."""
+    return train_mode(SYNTHETIC, model_dir, {"recipe": recipe}, **options)

@@ -1,0 +1,118 @@
+"""The restoration modes: each file of :mod:`carekit.modes` declares one :class:`Mode` and registers it.
+
+A mode says once what it is: the settings it keeps in the model's configuration, where its training
+pairs come from, its network, how it predicts, its command-line options and what it supports. The
+training and prediction outlines and the application layer ask the registry; none of them names a
+mode. A new mode is one file that calls :func:`register` (and its tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from carekit.errors import CarekitError
+
+# what a mode can support: tiled prediction, out-of-core prediction (OME-Zarr, Dask), bioimage.io
+# export, test-time augmentation, and probabilistic (uncertainty) networks
+FEATURES = ("tiling", "out_of_core", "export", "tta", "uncertainty")
+
+
+@dataclass(frozen=True)
+class Option:
+    """A command-line option of a mode: its flag, help and argparse keywords (the destination is the
+    flag's name, ``--psf-sigma`` -> ``psf_sigma``, a keyword of the mode's training)."""
+
+    flag: str
+    help: str
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a mode's data step gives the training outline: its pairs, their axes, the network's
+    spatial axes (empty: 3D where the data has Z) and the mode's own configuration part."""
+
+    pairs: list
+    axes: str
+    spatial: str = ""
+    part: Any = None
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One restoration mode.
+
+    Parameters
+    ----------
+    name, summary : str
+        The mode's name (``config.mode``, ``--mode``) and one line on what it restores.
+    inputs : tuple of str
+        Its training inputs by keyword (``low``, ``high``, ``input``, ``recipe``, ...), also the
+        command line's destinations.
+    data : callable
+        ``data(inputs, saved, settings) -> TrainingData``: where its pairs come from. ``inputs`` maps
+        the names above to values, ``saved`` is the configuration of a resumed model (else None) and
+        ``settings`` the mode's own settings, taken out of the training keywords.
+    model : type
+        The :class:`~carekit.model.CARE` class that predicts for it (its prediction).
+    settings : tuple of str
+        Its own training keywords (beside the network and training fields).
+    part, part_type : str, type
+        The configuration field that holds its settings, and the class that validates them.
+    check : callable, optional
+        Requirements on a configuration of this mode (axes, spatial axes), raising CarekitError.
+    net : callable, optional
+        Its network for a configuration; default the U-Net of ``config.net``.
+    net_defaults : dict, optional
+        Network settings it defaults to where the configuration leaves them open.
+    sampler_options : dict
+        Keywords for its patch sampler (e.g. no rotations).
+    options : tuple of Option
+        Its options of ``carekit train`` (for inputs and settings).
+    supports : frozenset of str
+        Which of :data:`FEATURES` it supports.
+    """
+
+    name: str
+    summary: str
+    inputs: tuple[str, ...]
+    data: Callable[..., TrainingData]
+    model: type
+    settings: tuple[str, ...] = ()
+    part: str | None = None
+    part_type: type | None = None
+    check: Callable[[Any], None] | None = None
+    net: Callable[[Any], Any] | None = None
+    net_defaults: dict | None = None
+    sampler_options: dict | None = None
+    options: tuple[Option, ...] = ()
+    supports: frozenset[str] = frozenset({"tiling", "uncertainty"})
+
+    def __post_init__(self) -> None:
+        unknown = set(self.supports) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"mode {self.name}: unknown features {sorted(unknown)}; use {', '.join(FEATURES)}")
+
+
+MODES: dict[str, Mode] = {}
+
+
+def register(mode: Mode) -> Mode:
+    """Make ``mode`` known by its name (a module of :mod:`carekit.modes` calls this on import)."""
+    MODES[mode.name] = mode
+    return mode
+
+
+def supporting(feature: str) -> str:
+    """The names of the modes that support ``feature``, as a phrase: "denoise and synthetic"."""
+    names = [m.name for m in MODES.values() if feature in m.supports]
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+def mode_of(name: str) -> Mode:
+    """The registered mode called ``name``."""
+    if name not in MODES:
+        raise CarekitError(f"mode '{name}' is unknown; use one of {', '.join(MODES)}")
+    return MODES[name]

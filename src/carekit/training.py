@@ -1,0 +1,180 @@
+"""One training outline for every mode: settings, the mode's data, a configuration, a sampler, the loop.
+
+:func:`train_mode` is the outline: it resumes or refuses an existing folder, asks the mode for its
+pairs, builds the configuration, settles the choices that depend on the data, draws patches and
+hands the sampler and the loss to :func:`fit`. Samplers and losses are plug-in points
+(:class:`Sampler`, :class:`Loss`): a batch is ``(inputs, targets)`` or ``(inputs, targets, mask)``,
+targets may be None and a loss may count masked pixels only, as self-supervised modes need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from carekit.config import RESIDUAL_FROM_DB, Config, NetConfig, TrainConfig, default_spatial
+from carekit.data.pairs import ImagePair
+from carekit.engine import choose_engine
+from carekit.errors import CarekitError
+from carekit.io import prepare_output, read_json, write_json
+from carekit.losses import Loss
+from carekit.metrics import decibels, fitted_error
+from carekit.model import CARE, CONFIG, LAST, WEIGHTS, build_net
+from carekit.normalize import IntensityMap
+from carekit.registry import Mode, TrainingData, mode_of
+from carekit.sampling import PatchSampler
+from carekit.trainer import Callback, Trainer
+
+NET_FIELDS = set(NetConfig.__dataclass_fields__)
+TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)
+
+Batch = tuple  # (inputs, targets) or (inputs, targets, mask): float32 arrays (N, C, *patch); targets may be None
+
+
+class Sampler(Protocol):
+    """Where training batches come from (:class:`~carekit.sampling.PatchSampler` draws them from pairs)."""
+
+    intensity_map: IntensityMap  # input to target percentiles, stored with the model
+
+    def batches(self, seed, steps: int, size: int) -> Iterator[Batch]: ...
+
+    def validation(self, n: int, seed: int = 0) -> Batch | None: ...
+
+
+def check_settings(settings: dict, own: Sequence[str] = ()) -> None:
+    unknown = sorted(set(settings) - NET_FIELDS - TRAIN_FIELDS - {"spatial", *own})
+    if unknown:
+        raise CarekitError(f"unknown setting(s) {', '.join(unknown)}")
+
+
+def make_config(axes: str, channels: tuple[int, int], settings: dict, mode: str = "denoise", **parts) -> Config:
+    """A :class:`Config` from data facts and keyword settings (net or training fields by name),
+    for ``mode`` with its own ``parts`` (``axial``, ``projection``, ``synthetic``)."""
+    check_settings(settings)
+    return Config(
+        axes=axes,
+        mode=mode,
+        spatial=settings.get("spatial", ""),
+        n_channel_in=channels[0],
+        n_channel_out=channels[1],
+        net=NetConfig(**{k: v for k, v in settings.items() if k in NET_FIELDS}),
+        train=TrainConfig(**{k: v for k, v in settings.items() if k in TRAIN_FIELDS}),
+        **parts,
+    )
+
+
+def resumable(model_dir: Path, resume: bool, overwrite: bool, epochs: int | None = None) -> Config | None:
+    """The folder's configuration when resuming (``epochs`` raised if given); None for a fresh start.
+
+    A fresh start refuses a folder that already holds a model unless ``overwrite``.
+    """
+    if resume:
+        if not (model_dir / LAST).exists():
+            raise CarekitError(f"{model_dir}: no checkpoint to resume; train without --resume first")
+        config = Config.from_dict(read_json(model_dir / CONFIG), source=str(model_dir / CONFIG))
+        if epochs is not None:
+            config.train.epochs = int(epochs)
+            config.train.validate()
+        return config
+    if (model_dir / WEIGHTS).exists() and not overwrite:
+        raise CarekitError(f"{model_dir}: already holds a trained model; choose a new folder, or --overwrite")
+    return None
+
+
+def channels_of(pairs: list[ImagePair]) -> tuple[int, int]:
+    return pairs[0].low.shape[0], pairs[0].high.shape[0]
+
+
+def input_fidelity(pairs: list[ImagePair], n_pairs: int = 16, pixels: int = 250_000) -> float | None:
+    """Mean PSNR (dB, :mod:`carekit.metrics`' procedure) of training inputs against their targets.
+
+    Over up to ``n_pairs`` pairs spread over the list, each read at a stride that leaves about
+    ``pixels`` pixels. None where inputs and targets differ in shape (channels, projections).
+    """
+    if any(p.low.shape != p.high.shape for p in pairs):
+        return None
+    scores = []
+    for i in dict.fromkeys(np.linspace(0, len(pairs) - 1, min(n_pairs, len(pairs))).round().astype(int)):
+        low, high = pairs[i].low.ravel(), pairs[i].high.ravel()
+        step = max(1, low.size // pixels)
+        scores.append(decibels(fitted_error(low[::step], high[::step])[2]))
+    return float(np.mean(scores))
+
+
+def residual_for(pairs: list[ImagePair]) -> bool:
+    """Add the input back when it is already close to the target (``RESIDUAL_FROM_DB``)."""
+    fidelity = input_fidelity(pairs)
+    return fidelity is not None and fidelity >= RESIDUAL_FROM_DB
+
+
+def train_mode(kind: Mode, model_dir: str | Path, inputs: dict, *, time_budget: float | None = None,
+               resume: bool = False, overwrite: bool = False, device: str = "auto", progress: bool = True,
+               callbacks: Sequence[Callback] = (), init: Callable[[CARE], None] | None = None,
+               **settings) -> CARE:  # fmt: skip
+    """The training outline of every mode: ``inputs`` (the mode's, by name) into a model in ``model_dir``.
+
+    ``settings`` are :class:`~carekit.config.NetConfig` and :class:`~carekit.config.TrainConfig`
+    fields and the mode's own settings; ``callbacks`` and ``init`` go to :func:`fit`.
+    """
+    model_dir = Path(model_dir)
+    own = {k: settings.pop(k) for k in kind.settings if k in settings}
+    check_settings(settings)
+    saved = resumable(model_dir, resume, overwrite, settings.get("epochs"))
+    data: TrainingData = kind.data(inputs, saved, {**settings, **own})
+    spatial = data.spatial or settings.get("spatial") or default_spatial(data.axes)
+    parts = {kind.part: data.part} if kind.part else {}
+    config = saved or make_config(data.axes, channels_of(data.pairs), {**settings, "spatial": spatial}, kind.name,
+                                  **parts)  # fmt: skip
+    if channels_of(data.pairs) != (config.n_channel_in, config.n_channel_out):
+        raise CarekitError(
+            f"{model_dir}: the model maps {config.n_channel_in} to {config.n_channel_out} channel(s) "
+            f"but the data has {channels_of(data.pairs)}; train a new model for these data"
+        )
+    settle(config, data.pairs)
+    t = config.train
+    options = {"val_fraction": t.validation_fraction, "threshold": t.background_threshold, "augment": t.augment,
+               "jitter": t.intensity_jitter, **(kind.sampler_options or {})}  # fmt: skip
+    sampler = PatchSampler(data.pairs, t.patch_size, **options)
+    return fit(sampler, config, model_dir, resume=resume, time_budget=time_budget, device=device, progress=progress,
+               callbacks=callbacks, init=init)  # fmt: skip
+
+
+def settle(config: Config, pairs: list[ImagePair]) -> None:
+    """Make the choices a configuration leaves to the data: the residual (and with it batch
+    normalisation and the intensity jitter, see ``RESIDUAL_FROM_DB``)."""
+    config.net = config.net.settled(residual_for(pairs) if config.net.residual is None else None)
+    if config.train.intensity_jitter is None:
+        config.train.intensity_jitter = bool(config.net.residual)
+
+
+def fit(sampler: Sampler, config: Config, model_dir: str | Path, *, loss: Loss | None = None, resume: bool = False,
+        time_budget: float | None = None, device: str = "auto", progress: bool = True,
+        callbacks: Sequence[Callback] = (), init: Callable[[CARE], None] | None = None) -> CARE:  # fmt: skip
+    """Train ``config``'s network on ``sampler``'s batches into ``model_dir`` and return the best model.
+
+    Parameters
+    ----------
+    loss : Loss, optional
+        Default: the configuration's (:func:`loss_function`).
+    callbacks : sequence of Callback
+        Told of the start, every step, every epoch and the end (see :class:`~carekit.trainer.Trainer`);
+        a progress bar is added unless ``progress`` is False.
+    init : callable, optional
+        Called with the freshly built model before training (e.g. to load pretrained weights); not
+        on ``resume``, where the checkpoint's weights apply.
+    """
+    model_dir = Path(model_dir)
+    config.intensity_map = sampler.intensity_map.to_dict()
+    prepare_output(model_dir / WEIGHTS, role="--model")
+    torch.manual_seed(config.train.seed)
+    care = mode_of(config.mode).model(config, build_net(config), model_dir)
+    if init is not None and not resume:
+        init(care)
+    write_json(model_dir / CONFIG, config.to_dict())
+    trainer = Trainer(care, sampler, model_dir, choose_engine(device, config.train.precision), loss, callbacks)
+    trainer.run(time_budget=time_budget, resume=resume, progress=progress)
+    return CARE.load(model_dir)
