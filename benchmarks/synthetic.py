@@ -20,12 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from carekit.baselines import richardson_lucy, tuned_rl
 from carekit.data.recipes import generate_pairs, parse_recipe
 from carekit.data.structures import line_pair, widefield
-from carekit.figures import line_profiles_figure
+from carekit.figures import display_range, save_figure
 from carekit.metrics import evaluate
 from carekit.modes.synthetic import train_synthetic
 from carekit.resolution import decorrelation_resolution, line_profile, pair_dip
@@ -40,6 +41,31 @@ RECIPE = {
 }
 FRACTIONS = (0.5, 0.6, 0.7, 0.8, 1.0, 1.2)
 STEP = 0.25  # profile sampling, in pixels
+
+
+def line_profiles_figure(
+    panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *, title: str = ""
+) -> Path:
+    """Images side by side (each with its own display range) above their line profiles.
+
+    ``panels`` maps a name to ``(image, profile)``; profiles are scaled to [0, 1] to compare shapes.
+    """
+    n = len(panels)
+    fig, axes = plt.subplots(2, n, figsize=(3.0 * n, 5.6), squeeze=False)
+    for i, (name, (img, profile)) in enumerate(panels.items()):
+        lo, hi = display_range(img)
+        axes[0, i].imshow(img, cmap="magma", vmin=lo, vmax=hi, interpolation="nearest")
+        axes[0, i].set_title(name, fontsize=10)
+        axes[0, i].axis("off")
+        p = np.asarray(profile, float)
+        p = (p - p.min()) / (np.ptp(p) or 1.0)
+        axes[1, i].plot(np.linspace(0, 1, len(p)), p, color="k")
+        axes[1, i].set_ylim(-0.05, 1.05)
+        axes[1, i].set_xticks([])
+    axes[1, 0].set_ylabel("profile across the pair")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

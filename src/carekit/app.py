@@ -28,33 +28,20 @@ from carekit.model import CARE
 from carekit.modes import MODES
 from carekit.omezarr import is_zarr
 from carekit.package import Package, is_package
-from carekit.registry import mode_of
-from carekit.trainer import Callback, Trainer
+from carekit.registry import mode_of, supporting
 from carekit.training import train_mode
 
 __all__ = ["MODES", "calibrate_files", "evaluate_files", "export", "export_folder", "load", "predict_files", "synth",
            "train"]  # fmt: skip
 
 
-class StopOn(Callback):
-    """Stops training when ``event`` is set (a Cancel button in another thread)."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def on_step(self, trainer: Trainer, step: int, loss: float) -> None:
-        if self.event.is_set():
-            trainer.stop()
-
-
-def train(mode: str, model_dir: str | Path, *, ensemble: int | None = None, stop: threading.Event | None = None,
-          callbacks: Sequence[Callback] = (), **keywords) -> CARE | Ensemble:  # fmt: skip
+def train(mode: str, model_dir: str | Path, *, ensemble: int | None = None, **keywords) -> CARE | Ensemble:
     """Train a model of ``mode`` (or an ensemble of ``ensemble`` members) into ``model_dir``.
 
     ``keywords`` hold the mode's inputs (e.g. ``low``, ``high``, ``axes``; see its
     :class:`~carekit.registry.Mode`), its settings, configuration fields and the options of
     :func:`carekit.training.train_mode` (``time_budget``, ``resume``, ``overwrite``, ``device``,
-    ``progress``, ``init``).
+    ``progress``, ``callbacks``, ``init``, ``stop``: a ``threading.Event`` that cancels).
 
     Examples
     --------
@@ -62,10 +49,9 @@ def train(mode: str, model_dir: str | Path, *, ensemble: int | None = None, stop
     """
     kind = mode_of(mode)
     inputs = {k: keywords.pop(k) for k in kind.inputs if k in keywords}
-    callbacks = [*callbacks, *([StopOn(stop)] if stop is not None else [])]
 
     def train_one(model_dir: str | Path, **overrides) -> CARE:
-        return train_mode(kind, model_dir, inputs, callbacks=callbacks, **{**keywords, **overrides})
+        return train_mode(kind, model_dir, inputs, **{**keywords, **overrides})
 
     if not ensemble:
         return train_one(model_dir)
@@ -136,18 +122,17 @@ def restore(model, image: np.ndarray, axes: str, distribution: bool, progress: b
 
 def check_outputs(model, height_map, level: float, movie, samples: int, options: dict) -> None:
     """Refuse options the model cannot honour, before any work."""
-    if height_map and "height" not in getattr(model, "extra_outputs", ()):
-        raise CarekitError(f"--height-map applies to projection models; {model.directory} is a "
-                           f"{model.config.mode} model")  # fmt: skip
+    kind, asked = mode_of(model.config.mode), {"height_map": height_map, "factor": "factor" in options}
+    for feature, flag in (("height_map", "--height-map"), ("factor", "--factor")):
+        if asked[feature] and feature not in kind.supports:
+            raise CarekitError(f"{flag} applies to {supporting(feature)} models; {model.directory} is a "
+                               f"{kind.name} model")  # fmt: skip
     if not 0 < level < 1:
         raise CarekitError(f"--level must be between 0 and 1, got {level}")
     if movie:
         prepare_output(movie, role="--movie")
         if samples < 2:
             raise CarekitError(f"--samples must be at least 2 for a movie, got {samples}")
-    if "factor" in options and model.config.axial is None:
-        raise CarekitError(f"--factor applies to isotropic and upsampling models; {model.directory} is a "
-                           f"{model.config.mode} model")  # fmt: skip
 
 
 def file_pairs(source: str | Path, output: str | Path) -> list[tuple[Path, Path]]:

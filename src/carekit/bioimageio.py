@@ -149,15 +149,8 @@ Mode {c.mode}, axes {c.axes}, loss {c.train.loss}, patch size {list(c.train.patc
 """
 
 
-def export(
-    model: CARE,
-    out: str | Path,
-    *,
-    sample: np.ndarray | None = None,
-    name: str | None = None,
-    author: str | None = None,
-    license: str = "CC-BY-4.0",
-) -> Path:
+def export(model: CARE, out: str | Path, *, sample: np.ndarray | None = None, name: str | None = None,
+           author: str | None = None, license: str = "CC-BY-4.0") -> Path:  # fmt: skip
     """Write ``model`` as a bioimage.io model package ``out`` (a .zip), validated by ``bioimageio.spec``.
 
     Parameters

@@ -158,21 +158,10 @@ def run_block(job: Job, block: Block) -> str:
 
 
 # -- the run: settings, resume, local or Dask execution, the final rename -------------------------
-def restore_chunked(
-    model,
-    image,
-    output: str | Path,
-    *,
-    axes: str | None = None,
-    spacing: dict[str, float] | None = None,
-    memory: int | None = None,
-    device: str = "auto",
-    precision: str | None = None,
-    dask: str | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    on_block: Callable[[Block], None] | None = None,
-) -> Path:
+def restore_chunked(model, image, output: str | Path, *, axes: str | None = None,
+                    spacing: dict[str, float] | None = None, memory: int | None = None, device: str = "auto",
+                    precision: str | None = None, dask: str | None = None, overwrite: bool = False,
+                    progress: bool = True, on_block: Callable[[Block], None] | None = None) -> Path:  # fmt: skip
     """Restore an array of any size into an OME-Zarr image, block by block, resumably.
 
     Parameters

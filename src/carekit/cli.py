@@ -20,7 +20,8 @@ from carekit.config import FIELD_CHOICES, FIELD_HELP, NetConfig, TrainConfig
 from carekit.errors import CarekitError
 from carekit.registry import MODES, mode_of
 
-TRAIN_EXAMPLES = """examples:
+EXAMPLES = {  # each command's --help ends with its examples
+    "train": """\
   carekit train --low data/low --high data/high --axes YX --model models/nuclei
   carekit train --low low_5mW low_10mW --high high --axes ZYX --model m3d --time-budget 3600
   carekit train --low data/low --high data/high --axes YX --model models/nuclei --resume
@@ -29,33 +30,28 @@ TRAIN_EXAMPLES = """examples:
   carekit train --mode upsampling --input fine_stack.tif --axes ZYX --factor 4 --model up
   carekit train --mode projection --low stacks/ --high projections/ --axes ZYX --model wing
   carekit train --mode synthetic --recipe tubules.json --model tubules --time-budget 1800
-"""
-SYNTH_EXAMPLES = """examples:
-  carekit synth --recipe tubules.json --n 8 --out synthetic-pairs
-"""
-PREDICT_EXAMPLES = """examples:
+""",
+    "synth": "  carekit synth --recipe tubules.json --n 8 --out synthetic-pairs\n",
+    "predict": """\
   carekit predict --model models/nuclei --input new.tif --output restored.tif
   carekit predict --model models/nuclei --input folder/ --output restored/ --axes TYX
   carekit predict --model wing --input stack.tif --output surface.tif --height-map height.tif
   carekit predict --model prob --input a.tif --output a_care.tif --uncertainty maps/ --movie a_samples.gif
   carekit predict --model nuclei.zip --input new.tif --output restored.tif   (a bioimage.io package)
   carekit predict --model models/nuclei --input huge.zarr --output restored.zarr --dask   (OME-Zarr, out of core)
-"""
-EXPORT_EXAMPLES = """examples:
+""",
+    "export": """\
   carekit export --model models/nuclei --out nuclei.zip
   carekit export --model models/nuclei --out nuclei.zip --sample new.tif --name "Nuclei denoising" --author "A. Smith"
-"""
-CALIBRATE_EXAMPLES = """examples:
-  carekit calibrate --model models/prob --low calib/low --high calib/high --axes YX
-"""
-EVALUATE_EXAMPLES = """examples:
-  carekit evaluate --prediction restored.tif --truth ground_truth.tif
-"""
-DEMO_EXAMPLES = """examples:
+""",
+    "calibrate": "  carekit calibrate --model models/prob --low calib/low --high calib/high --axes YX\n",
+    "evaluate": "  carekit evaluate --prediction restored.tif --truth ground_truth.tif\n",
+    "demo": """\
   carekit demo
   carekit demo --output demo-output --time-budget 60
   carekit demo --mode isotropic --output demo-isotropic
-"""
+""",
+}
 
 
 def ints(text: str) -> tuple[int, ...]:
@@ -123,9 +119,12 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--version", action="version", version=f"carekit {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    raw = argparse.RawDescriptionHelpFormatter
 
-    t = sub.add_parser("train", help="train a CARE network on image pairs", epilog=TRAIN_EXAMPLES, formatter_class=raw)
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        epilog = f"examples:\n{EXAMPLES[name]}" if name in EXAMPLES else None
+        return sub.add_parser(name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    t = command("train", "train a CARE network on image pairs")
     t.add_argument("--mode", default="denoise", choices=list(MODES),
                    help="; ".join(f"{m.name}: {m.summary}" for m in MODES.values()))  # fmt: skip
     add_mode_options(t)
@@ -137,21 +136,15 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace a model already in the folder")
     add_engine_options(t)
 
-    p = sub.add_parser(
-        "predict", help="restore images with a trained model", epilog=PREDICT_EXAMPLES, formatter_class=raw
-    )
+    p = command("predict", "restore images with a trained model")
     p.add_argument("--model", required=True, metavar="DIR", help="model folder, or a bioimage.io package MODEL.zip")
     p.add_argument("--input", required=True, metavar="PATH", help="TIFF file, folder of TIFFs, or OME-Zarr")
     p.add_argument("--output", required=True, metavar="PATH", help="TIFF file (folder for a folder input) or .zarr")
     p.add_argument("--axes", help="axes of the input (default: from the file, else the model's)")
     p.add_argument("--n-tiles", type=ints, help="tiles per spatial axis (default: from the memory budget)")
-    p.add_argument(
-        "--memory",
-        type=float,
-        metavar="GB",
-        help="per batch of tiles (CPU: 1/4 of available memory, 1.5 to 5; CUDA: 1/4 of free GPU memory up to 8; "
-        "isotropic and upsampling models on CPU 0.5); per block for .zarr (1)",
-    )
+    p.add_argument("--memory", type=float, metavar="GB",
+                   help="per batch of tiles (CPU: 1/4 of available memory, 1.5 to 5; CUDA: 1/4 of free GPU memory up "
+                   "to 8; isotropic and upsampling models on CPU 0.5); per block for .zarr (1)")  # fmt: skip
     p.add_argument("--factor", type=float, help="isotropic/upsampling models: override the z factor")
     p.add_argument("--height-map", metavar="PATH", help="projection models: also write the surface height map")
     p.add_argument("--uncertainty", metavar="DIR", help="probabilistic models: spread, interval, entropy maps")
@@ -159,18 +152,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--movie", metavar="OUT.gif", help="probabilistic models: a movie of samples (.gif or .mp4)")
     p.add_argument("--samples", type=int, default=16, help="frames of --movie (16)")
     p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations (8x slower, often cleaner)")
-    p.add_argument(
-        "--dask",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help="run chunks on Dask: a local 2-worker cluster, or a scheduler address tcp://host:8786",
-    )
+    dask = "run chunks on Dask: a local 2-worker cluster, or a scheduler address tcp://host:8786"
+    p.add_argument("--dask", nargs="?", const="local", metavar="ADDRESS", help=dask)
     p.add_argument("--overwrite", action="store_true", help="replace an existing OME-Zarr output")
     add_engine_options(p)
 
-    x = sub.add_parser("export", help="write a bioimage.io package (Fiji/deepImageJ, ilastik, napari)",
-                       epilog=EXPORT_EXAMPLES, formatter_class=raw)  # fmt: skip
+    x = command("export", "write a bioimage.io package (Fiji/deepImageJ, ilastik, napari)")
     x.add_argument("--model", required=True, metavar="DIR", help="a denoising or synthetic model folder")
     x.add_argument("--out", required=True, metavar="MODEL.zip", help="the package to write")
     x.add_argument("--sample", metavar="IMAGE.tif", help="test image for the package (default: the shipped nuclei)")
@@ -179,33 +166,27 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--author", help="who trained the model (default: the current user)")
     x.add_argument("--license", default="CC-BY-4.0", help="SPDX licence of the weights (default CC-BY-4.0)")
 
-    e = sub.add_parser(
-        "evaluate", help="NRMSE, PSNR, SSIM against ground truth", epilog=EVALUATE_EXAMPLES, formatter_class=raw
-    )
+    e = command("evaluate", "NRMSE, PSNR, SSIM against ground truth")
     e.add_argument("--prediction", required=True, metavar="PATH")
     e.add_argument("--truth", required=True, metavar="PATH")
 
-    y = sub.add_parser("synth", help="write synthetic training pairs for inspection", epilog=SYNTH_EXAMPLES,
-                       formatter_class=raw)  # fmt: skip
+    y = command("synth", "write synthetic training pairs for inspection")
     y.add_argument("--recipe", required=True, metavar="RECIPE.json")
     y.add_argument("--n", type=int, default=4, help="number of pairs (default 4)")
     y.add_argument("--out", required=True, metavar="DIR", help="writes DIR/low/*.tif and DIR/high/*.tif")
     y.add_argument("--seed", type=int, help="default: the recipe's seed")
 
-    c = sub.add_parser("calibrate", help="fit a probabilistic model's uncertainty on held-out pairs",
-                       epilog=CALIBRATE_EXAMPLES, formatter_class=raw)  # fmt: skip
+    c = command("calibrate", "fit a probabilistic model's uncertainty on held-out pairs")
     c.add_argument("--model", required=True, metavar="DIR", help="probabilistic model or ensemble folder")
     c.add_argument("--low", nargs="+", required=True, metavar="PATH", help="held-out inputs (files or folders)")
     c.add_argument("--high", required=True, metavar="PATH", help="their ground truth (matched by name)")
     c.add_argument("--axes", help="axes of the images (default: the model's)")
     add_engine_options(c)
 
-    i = sub.add_parser("info", help="describe a model folder")
+    i = command("info", "describe a model folder")
     i.add_argument("--model", required=True, metavar="DIR")
 
-    d = sub.add_parser(
-        "demo", help="train and restore on the shipped sample", epilog=DEMO_EXAMPLES, formatter_class=raw
-    )
+    d = command("demo", "train and restore on the shipped sample")
     d.add_argument("--mode", default="denoise", choices=["denoise", "isotropic"], help="which demo (default denoise)")
     d.add_argument("--output", default="demo-output", metavar="DIR", help="folder for results (default demo-output)")
     d.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="training time (default 120)")

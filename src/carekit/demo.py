@@ -59,85 +59,64 @@ def scores(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {k: float(np.mean([s[k] for s in per])) for k in per[0]}
 
 
-def run(output: str | Path = "demo-output", *, mode: str = "denoise", **options) -> dict:
-    """Run the ``mode`` demo (``"denoise"`` or ``"isotropic"``) into ``output``."""
+def run(output: str | Path = "demo-output", *, mode: str = "denoise", time_budget: float | None = None,
+        device: str = "auto", precision: str | None = None, progress: bool = True) -> dict:  # fmt: skip
+    """Run the ``mode`` demo (``"denoise"`` or ``"isotropic"``) into ``output``, training for ``time_budget``
+    seconds (default 120); writes the model, TIFFs, ``metrics.json`` and a figure, returns the metrics."""
     runs = {"denoise": run_denoise, "isotropic": run_isotropic}
     if mode not in runs:
         raise CarekitError(f"demo mode '{mode}' is unknown; use one of {', '.join(runs)}")
-    return runs[mode](output, **options)
-
-
-def run_denoise(
-    output: str | Path = "demo-output",
-    *,
-    time_budget: float | None = None,
-    device: str = "auto",
-    precision: str | None = None,
-    progress: bool = True,
-) -> dict:
-    """Run the demo; writes the model, TIFFs, ``metrics.json`` and ``demo.png`` into ``output``."""
     out = Path(output)
     prepare_output(out / "metrics.json", role="--output")
     budget = TIME_BUDGET if time_budget is None else time_budget
     if budget <= 0:
         raise CarekitError(f"time budget must be positive, got {budget}")
+    training = {"time_budget": budget, "overwrite": True, "device": device, "progress": progress, "epochs": 10_000,
+                "steps_per_epoch": 50, **({"precision": precision} if precision else {})}  # fmt: skip
+    start = time.monotonic()
+    metrics = runs[mode](out, training, {"device": device, "precision": precision})
+    results, gains = metrics["metrics"], metrics["gain_db"]
+    for name, r in results.items():
+        print(f"  {name:7s} PSNR {r['psnr']:6.2f} dB  SSIM {r['ssim']:.3f}  NRMSE {r['nrmse']:.4f}")
+    print("CARE gains " + " and ".join(f"{v:.2f} dB over {k.split('_')[-1]}" for k, v in gains.items()))
+    print(f"results in {out}/: restored.tif, metrics.json, {metrics.pop('figure')}, model/ "
+          f"({time.monotonic() - start:.0f} s)")  # fmt: skip
+    return metrics
+
+
+def run_denoise(out: Path, training: dict, predicting: dict) -> dict:
+    """Denoise the lower third of ten slices after training on the upper two thirds of every slice."""
     truth, noisy = make_data()
     test = (TEST_SLICES, TEST_ROWS)
     print(f"carekit demo: {noisy.shape[0]} noisy slices ({PEAK_PHOTONS:g} photons peak, read noise {READ_NOISE:g})")
-    print(f"training for {budget:.0f} s on rows {TRAIN_ROWS.start}-{TRAIN_ROWS.stop - 1} of every slice")
-    start = time.monotonic()
-    model = train(
-        noisy[:, TRAIN_ROWS],
-        truth[:, TRAIN_ROWS],
-        "SYX",
-        out / "model",
-        time_budget=budget,
-        overwrite=True,
-        device=device,
-        progress=progress,
-        epochs=10_000,
-        steps_per_epoch=50,
-        **({"precision": precision} if precision else {}),
+    print(
+        f"training for {training['time_budget']:.0f} s on rows {TRAIN_ROWS.start}-{TRAIN_ROWS.stop - 1} of every slice"
     )
+    start = time.monotonic()
+    model = train(noisy[:, TRAIN_ROWS], truth[:, TRAIN_ROWS], "SYX", out / "model", **training)
     trained = time.monotonic() - start
     print(model.summary())
-    restored = model.predict(noisy[test], "SYX", device=device, precision=precision)
+    restored = model.predict(noisy[test], "SYX", **predicting)
     print("tuning non-local means against the ground truth (the fairest setting for it)")
     denoised, nlm_params = tuned_nlm(noisy[test], truth[test])
-    results = {
-        "input": scores(noisy[test], truth[test]),
-        "nlm": scores(denoised, truth[test]),
-        "care": scores(restored, truth[test]),
-    }
+    results = {name: scores(v, truth[test]) for name, v in (("input", noisy[test]), ("nlm", denoised),
+                                                            ("care", restored))}  # fmt: skip
+    region = "slices 25-34 of the sample, rows 128-191"
     metrics = {
-        "data": {
-            "peak_photons": PEAK_PHOTONS,
-            "read_noise": READ_NOISE,
-            "test_region": "slices 25-34 of the sample, rows 128-191",
-        },
+        "data": {"peak_photons": PEAK_PHOTONS, "read_noise": READ_NOISE, "test_region": region},
         "training_seconds": round(trained, 1),
         "nlm_parameters": nlm_params,
         "metrics": results,
-        "gain_db": {
-            "care_over_input": results["care"]["psnr"] - results["input"]["psnr"],
-            "care_over_nlm": results["care"]["psnr"] - results["nlm"]["psnr"],
-        },
+        "gain_db": {f"care_over_{k}": results["care"]["psnr"] - results[k]["psnr"] for k in ("input", "nlm")},
     }
-    write_tiff(out / "input.tif", noisy[test], "SYX")
-    write_tiff(out / "truth.tif", truth[test], "SYX")
-    write_tiff(out / "nlm.tif", denoised.astype(np.float32), "SYX")
-    write_tiff(out / "restored.tif", restored, "SYX")
+    for name, image in (("input", noisy[test]), ("truth", truth[test]), ("nlm", denoised), ("restored", restored)):
+        write_tiff(out / f"{name}.tif", image.astype(np.float32), "SYX")
     write_json(out / "metrics.json", metrics)
     k = len(restored) // 2
     panels = {"input": noisy[test][k], "NLM (tuned)": denoised[k], "CARE": restored[k], "ground truth": truth[test][k]}
     psnrs = [mean_psnr(p[None], truth[test][k][None]) for p in list(panels.values())[:3]]
     comparison(panels, out / "demo.png", scores={n: f"PSNR {s:.2f} dB" for n, s in zip(panels, psnrs, strict=False)})
-    for name, r in results.items():
-        print(f"  {name:6s} PSNR {r['psnr']:6.2f} dB  SSIM {r['ssim']:.3f}  NRMSE {r['nrmse']:.4f}")
-    g = metrics["gain_db"]
-    print(f"CARE gains {g['care_over_input']:.2f} dB over the input and {g['care_over_nlm']:.2f} dB over NLM")
-    print(f"results in {out}/: restored.tif, metrics.json, demo.png, model/")
-    return metrics
+    return {**metrics, "figure": "demo.png"}
 
 
 ISO_FACTOR = 4
@@ -162,41 +141,18 @@ def interpolated(coarse: np.ndarray, factor: float, order: int) -> np.ndarray:
     return map_coordinates(coarse.astype(np.float32), grid, order=order, mode="nearest")
 
 
-def run_isotropic(
-    output: str | Path = "demo-output",
-    *,
-    time_budget: float | None = None,
-    device: str = "auto",
-    precision: str | None = None,
-    progress: bool = True,
-) -> dict:
-    """Isotropic restoration of the sample made anisotropic; writes TIFFs, metrics and the spectrum figure."""
-
-    out = Path(output)
-    prepare_output(out / "metrics.json", role="--output")
-    budget = TIME_BUDGET if time_budget is None else time_budget
+def run_isotropic(out: Path, training: dict, predicting: dict) -> dict:
+    """Isotropic restoration of the sample made anisotropic, against interpolation along z."""
     truth = sample_volume().astype(np.float32)
     coarse = make_anisotropic(truth)
     print(
         f"carekit demo --mode isotropic: {truth.shape[0]} slices blurred (sigma {ISO_SIGMA:g}) and "
-        f"subsampled {ISO_FACTOR}x to {coarse.shape[0]}; training for {budget:.0f} s"
+        f"subsampled {ISO_FACTOR}x to {coarse.shape[0]}; training for {training['time_budget']:.0f} s"
     )
     start = time.monotonic()
-    settings = {"epochs": 10_000, "steps_per_epoch": 50, **({"precision": precision} if precision else {})}
-    model = train_isotropic(
-        coarse,
-        "ZYX",
-        ISO_FACTOR,
-        out / "model",
-        psf_sigma=(ISO_SIGMA, 0.0),
-        time_budget=budget,
-        overwrite=True,
-        device=device,
-        progress=progress,
-        **settings,
-    )
+    model = train_isotropic(coarse, "ZYX", ISO_FACTOR, out / "model", psf_sigma=(ISO_SIGMA, 0.0), **training)
     trained = time.monotonic() - start
-    restored = model.predict(coarse, "ZYX", device=device, precision=precision, progress=progress)
+    restored = model.predict(coarse, "ZYX", progress=training["progress"], **predicting)
     reference = truth[: restored.shape[0]]
     candidates = {
         "linear": interpolated(coarse, ISO_FACTOR, 1),
@@ -219,8 +175,4 @@ def run_isotropic(
         out / "spectrum.png",
         voxel_ratio=0.29 / 0.26,
     )
-    for name, r in results.items():
-        print(f"  {name:7s} PSNR {r['psnr']:6.2f} dB  SSIM {r['ssim']:.3f}  NRMSE {r['nrmse']:.4f}")
-    print(f"CARE gains {metrics['gain_db']['care_over_linear']:.2f} dB over linear interpolation")
-    print(f"results in {out}/: restored.tif, metrics.json, spectrum.png, model/")
-    return metrics
+    return {**metrics, "figure": "spectrum.png"}

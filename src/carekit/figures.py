@@ -97,31 +97,6 @@ def axial_spectrum(panels: dict[str, np.ndarray], path: str | Path, *, voxel_rat
     return save_figure(fig, path)
 
 
-def line_profiles_figure(
-    panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *, title: str = ""
-) -> Path:
-    """Images side by side (each with its own display range) above their line profiles.
-
-    ``panels`` maps a name to ``(image, profile)``; profiles are scaled to [0, 1] to compare shapes.
-    """
-    n = len(panels)
-    fig, axes = plt.subplots(2, n, figsize=(3.0 * n, 5.6), squeeze=False)
-    for i, (name, (img, profile)) in enumerate(panels.items()):
-        lo, hi = display_range(img)
-        axes[0, i].imshow(img, cmap="magma", vmin=lo, vmax=hi, interpolation="nearest")
-        axes[0, i].set_title(name, fontsize=10)
-        axes[0, i].axis("off")
-        p = np.asarray(profile, float)
-        p = (p - p.min()) / (np.ptp(p) or 1.0)
-        axes[1, i].plot(np.linspace(0, 1, len(p)), p, color="k")
-        axes[1, i].set_ylim(-0.05, 1.05)
-        axes[1, i].set_xticks([])
-    axes[1, 0].set_ylabel("profile across the pair")
-    if title:
-        fig.suptitle(title, fontsize=11)
-    return save_figure(fig, path)
-
-
 def reliability_diagram(report: dict, path: str | Path) -> Path:
     """Empirical against nominal coverage of central intervals, before and after calibration."""
     levels = np.array(report["levels"])

@@ -24,7 +24,7 @@ from carekit.io import check_finite, read_json, write_atomic, write_json
 from carekit.nets import packaged
 from carekit.nets.unet import UNet, count_parameters, fold_batch_norm
 from carekit.normalize import PREDICT_PERCENTILES, IntensityMap, normalize, percentiles
-from carekit.registry import Mode, mode_of
+from carekit.registry import Mode, mode_of, supporting
 from carekit.tiling import predict_tiled
 from carekit.uncertainty import Laplace
 
@@ -75,11 +75,10 @@ class Run:
 @dataclass
 class Prediction:
     """A restoration in the input's axes order: mean, Laplace scale (probabilistic models) and the
-    mode's extra maps (e.g. a projection's ``height``), with the result's axes."""
+    mode's extra maps (e.g. a projection's ``height``)."""
 
     mean: np.ndarray
     scale: np.ndarray | None
-    axes: str
     extra: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -212,7 +211,8 @@ class CARE:
         """The outline every mode follows: fold ``image`` into network order, take its percentiles,
         run the mode's network pass, bring the output to intensities and unfold it (see :meth:`predict`)."""
         if tta and "tta" not in self.kind.supports:
-            raise CarekitError(f"test-time augmentation is available for denoise models, not {self.config.mode} ones")
+            raise CarekitError(f"test-time augmentation is available for {supporting('tta')} models, "
+                               f"not {self.config.mode} ones")  # fmt: skip
         x, layout = self.network_input(image, axes, self.fold_spatial or self.config.spatial)
         engine = self.engine(device, precision)
         lo, hi = percentiles(x, PREDICT_PERCENTILES, engine.device)
@@ -225,8 +225,7 @@ class CARE:
         for i, name in enumerate(self.extra_outputs):  # one value per pixel, whatever the channels
             value, value_axes = layout.unfold(y[:, c + i : c + i + 1], spatial)
             extra[name] = np.take(value, 0, axis=value_axes.index("C")) if "C" in value_axes else value
-        mean, out_axes = layout.unfold(mean, spatial)
-        return Prediction(mean, None if scale is None else layout.unfold(scale, spatial)[0], out_axes, extra)
+        return Prediction(*(None if a is None else layout.unfold(a, spatial)[0] for a in (mean, scale)), extra)
 
     def network_input(self, image: np.ndarray, axes: str | None, spatial: str) -> tuple[np.ndarray, Layout]:
         """Validate ``image`` and fold it into ``(N, C, *spatial)``."""
@@ -262,17 +261,9 @@ class CARE:
     def run_net(self, x: np.ndarray, engine: Engine, n_tiles=None, memory=None, progress=False, forward=None,
                 bytes_per_voxel=None) -> np.ndarray:  # fmt: skip
         """Tiled network output for normalised ``x`` (mean, then scale channels if probabilistic)."""
-        return predict_tiled(
-            forward or self.inference_net,
-            x,
-            engine,
-            grid=self.net.divisor(),
-            halo=self.net.halo(),
-            bytes_per_voxel=int((bytes_per_voxel or self.net.bytes_per_voxel()) * engine.activation_scale),
-            n_tiles=n_tiles,
-            memory=memory,
-            progress=progress,
-        )
+        per_voxel = int((bytes_per_voxel or self.net.bytes_per_voxel()) * engine.activation_scale)
+        return predict_tiled(forward or self.inference_net, x, engine, grid=self.net.divisor(), halo=self.net.halo(),
+                             bytes_per_voxel=per_voxel, n_tiles=n_tiles, memory=memory, progress=progress)  # fmt: skip
 
     def to_intensities(self, y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean and scale of network output ``y`` in the target's intensity units, in place (views of ``y``).

@@ -195,14 +195,8 @@ def write_multiscales(
     ]
 
 
-def write_omezarr(
-    path: str | Path,
-    data,
-    axes: str,
-    *,
-    spacing: dict[str, float] | None = None,
-    chunks: tuple[int, ...] | None = None,
-) -> Path:
+def write_omezarr(path: str | Path, data, axes: str, *, spacing: dict[str, float] | None = None,
+                  chunks: tuple[int, ...] | None = None) -> Path:  # fmt: skip
     """Write ``data`` (any sliceable array: numpy, memmap, zarr) as an OME-Zarr 0.4 image, slab by slab.
 
     Axes are stored in OME order (t, c, z, y, x) and the data converted to float32.

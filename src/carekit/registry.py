@@ -15,8 +15,9 @@ from typing import Any
 from carekit.errors import CarekitError
 
 # what a mode can support: tiled prediction, out-of-core prediction (OME-Zarr, Dask), bioimage.io
-# export, test-time augmentation, and probabilistic (uncertainty) networks
-FEATURES = ("tiling", "out_of_core", "export", "tta", "uncertainty")
+# export, test-time augmentation, probabilistic (uncertainty) networks, a z factor given at
+# prediction, a height map beside the restoration
+FEATURES = ("tiling", "out_of_core", "export", "tta", "uncertainty", "factor", "height_map")
 
 
 @dataclass(frozen=True)
@@ -42,53 +43,22 @@ class TrainingData:
 
 @dataclass(frozen=True)
 class Mode:
-    """One restoration mode.
+    """One restoration mode: what it is, declared once."""
 
-    Parameters
-    ----------
-    name, summary : str
-        The mode's name (``config.mode``, ``--mode``) and one line on what it restores.
-    inputs : tuple of str
-        Its training inputs by keyword (``low``, ``high``, ``input``, ``recipe``, ...), also the
-        command line's destinations.
-    data : callable
-        ``data(inputs, saved, settings) -> TrainingData``: where its pairs come from. ``inputs`` maps
-        the names above to values, ``saved`` is the configuration of a resumed model (else None) and
-        ``settings`` the mode's own settings, taken out of the training keywords.
-    model : type
-        The :class:`~carekit.model.CARE` class that predicts for it (its prediction).
-    settings : tuple of str
-        Its own training keywords (beside the network and training fields).
-    part, part_type : str, type
-        The configuration field that holds its settings, and the class that validates them.
-    check : callable, optional
-        Requirements on a configuration of this mode (axes, spatial axes), raising CarekitError.
-    net : callable, optional
-        Its network for a configuration; default the U-Net of ``config.net``.
-    net_defaults : dict, optional
-        Network settings it defaults to where the configuration leaves them open.
-    sampler_options : dict
-        Keywords for its patch sampler (e.g. no rotations).
-    options : tuple of Option
-        Its options of ``carekit train`` (for inputs and settings).
-    supports : frozenset of str
-        Which of :data:`FEATURES` it supports.
-    """
-
-    name: str
-    summary: str
-    inputs: tuple[str, ...]
-    data: Callable[..., TrainingData]
-    model: type
-    settings: tuple[str, ...] = ()
-    part: str | None = None
-    part_type: type | None = None
-    check: Callable[[Any], None] | None = None
-    net: Callable[[Any], Any] | None = None
-    net_defaults: dict | None = None
-    sampler_options: dict | None = None
-    options: tuple[Option, ...] = ()
-    supports: frozenset[str] = frozenset({"tiling", "uncertainty"})
+    name: str  # config.mode and --mode
+    summary: str  # one line on what it restores
+    inputs: tuple[str, ...]  # its training inputs by keyword (low, high, input, recipe, ...), also --flags
+    data: Callable[..., TrainingData]  # (inputs, resumed config or None, settings) -> where its pairs come from
+    model: type  # the CARE class that predicts for it
+    settings: tuple[str, ...] = ()  # its own training keywords, beside the configuration's fields
+    part: str | None = None  # the Config field that holds its own settings ...
+    part_type: type | None = None  # ... and the class that validates them
+    check: Callable[[Any], None] | None = None  # its requirements on a Config (axes), raising CarekitError
+    net: Callable[[Any], Any] | None = None  # its network for a Config; default the U-Net of config.net
+    net_defaults: dict | None = None  # network settings where the configuration leaves them open
+    sampler_options: dict | None = None  # keywords of its patch sampler (e.g. no rotations)
+    options: tuple[Option, ...] = ()  # its options of 'carekit train'
+    supports: frozenset[str] = frozenset({"tiling", "uncertainty"})  # which FEATURES
 
     def __post_init__(self) -> None:
         unknown = set(self.supports) - set(FEATURES)

@@ -54,11 +54,6 @@ class Region:
     grid: tuple[int, ...]
 
 
-def percentile_table(img: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Percentiles ``q`` per channel of ``img`` (``(C, *spatial)``): shape ``(C, len(q))``."""
-    return np.stack([v.reshape(-1) for v in percentiles(img[None], q)], axis=1)
-
-
 def source_tables(pairs: list[ImagePair], q: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Percentile tables of every pair's input and target, taken over all pairs of its source.
 
@@ -75,7 +70,7 @@ def source_tables(pairs: list[ImagePair], q: np.ndarray) -> tuple[list[np.ndarra
         for tables, part in ((low, "low"), (high, "high")):
             images = [getattr(pairs[i], part) for i in members]
             whole = images[0] if len(images) == 1 else np.concatenate([m.reshape(m.shape[0], -1) for m in images], 1)
-            table = percentile_table(whole, q)
+            table = np.stack([v.reshape(-1) for v in percentiles(whole[None], q)], axis=1)  # (C, len(q))
             for i in members:
                 tables[i] = table
     return low, high
@@ -105,17 +100,9 @@ class PatchSampler:
         turns it on only with the residual (see ``carekit.config.RESIDUAL_FROM_DB``).
     """
 
-    def __init__(
-        self,
-        pairs: list[ImagePair],
-        patch_size: tuple[int, ...],
-        *,
-        val_fraction: float = 0.1,
-        threshold: float = 0.4,
-        augment: bool = True,
-        rotate: bool = True,
-        jitter: bool = False,
-    ) -> None:
+    def __init__(self, pairs: list[ImagePair], patch_size: tuple[int, ...], *, val_fraction: float = 0.1,
+                 threshold: float = 0.4, augment: bool = True, rotate: bool = True,
+                 jitter: bool = False) -> None:  # fmt: skip
         if not pairs:
             raise CarekitError("no training pairs")
         self.pairs = pairs
@@ -218,10 +205,6 @@ class PatchSampler:
         return passed[centre]
 
     # -- drawing ----------------------------------------------------------------
-    @property
-    def n_channels(self) -> tuple[int, int]:
-        return self.pairs[0].low.shape[0], self.pairs[0].high.shape[0]
-
     def _cut(self, region: Region, flat: int) -> tuple[np.ndarray, np.ndarray]:
         corner = np.unravel_index(flat, region.grid)
         sl = (

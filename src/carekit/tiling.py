@@ -162,18 +162,10 @@ def to_host(t: torch.Tensor) -> np.ndarray:
     return host.numpy()
 
 
-def predict_tiled(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    x: np.ndarray,
-    engine: Engine,
-    *,
-    grid: tuple[int, ...],
-    halo: tuple[int, ...],
-    bytes_per_voxel: int,
-    n_tiles: tuple[int, ...] | None = None,
-    memory: int | None = None,
-    progress: bool = False,
-) -> np.ndarray:
+def predict_tiled(forward: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, engine: Engine, *,
+                  grid: tuple[int, ...], halo: tuple[int, ...], bytes_per_voxel: int,
+                  n_tiles: tuple[int, ...] | None = None, memory: int | None = None,
+                  progress: bool = False) -> np.ndarray:  # fmt: skip
     """Run ``forward`` over ``x`` (``(N, C, *S)`` float32) in tiles; returns ``(N, C_out, *T)`` float32.
 
     The tiled axes ``T`` are the last ``len(grid)`` axes of ``S``; axes before them (the z of

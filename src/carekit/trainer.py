@@ -141,23 +141,13 @@ class AveragedWeights:
 
 
 class Trainer:
-    """Runs epochs, validation, checkpoints and callbacks for one model.
-
-    Parameters
-    ----------
-    care : CARE
-        The model; its weights are trained in place and end as the best ones.
-    sampler : Sampler
-        Training batches and the validation batch (see :class:`carekit.training.Sampler`).
-    model_dir : Path
-    engine : Engine
-    loss : Loss, optional
-        Default: the configuration's loss.
-    callbacks : sequence of Callback
-    """
+    """Runs epochs, validation, checkpoints and callbacks for one model, ``care``, whose weights train in
+    place and end as the best ones. Batches come from ``sampler`` (see :class:`carekit.training.Sampler`);
+    ``loss`` defaults to the configuration's. Setting ``stop`` (also by :meth:`stop`, from any thread)
+    ends the run after the current step, keeping the best weights."""
 
     def __init__(self, care: CARE, sampler, model_dir: Path, engine: Engine, loss: Loss | None = None,
-                 callbacks: Sequence[Callback] = ()) -> None:  # fmt: skip
+                 callbacks: Sequence[Callback] = (), stop: threading.Event | None = None) -> None:  # fmt: skip
         self.care, self.sampler, self.dir, self.engine = care, sampler, Path(model_dir), engine
         self.config = care.config
         t = self.config.train
@@ -171,7 +161,7 @@ class Trainer:
         self.epoch, self.best, self.history = 0, math.inf, []
         self.averaged = AveragedWeights(self.net, t.ema) if t.ema > 0 else None
         self.callbacks = list(callbacks)
-        self.stopping = threading.Event()
+        self.stopping = stop if stop is not None else threading.Event()
 
     def stop(self) -> None:
         """Ask the run to end after the current step, keeping the best weights (safe from any thread)."""
@@ -233,7 +223,8 @@ class Trainer:
         self.net.train()
         with reuse_freed_memory():  # large tensors of every step come back from the heap
             try:
-                while self.epoch < t.epochs and not self.stopping.is_set():
+                out_of_time = False
+                while self.epoch < t.epochs and not out_of_time and not self.stopping.is_set():
                     losses = []
                     feed = Prefetcher(self.sampler.batches([t.seed, self.epoch], t.steps_per_epoch, t.batch_size))
                     try:
@@ -246,9 +237,8 @@ class Trainer:
                             losses.append(self.step(*batch))
                             steps += 1
                             self.announce("on_step", steps, losses[-1])
-                            if time_budget is not None and time.monotonic() - start >= time_budget:
-                                self.stop()
-                            if self.stopping.is_set():
+                            out_of_time = time_budget is not None and time.monotonic() - start >= time_budget
+                            if out_of_time or self.stopping.is_set():
                                 break
                     finally:
                         feed.close()
@@ -258,8 +248,6 @@ class Trainer:
                     f"training interrupted after epoch {self.epoch}; the best model is in {self.dir}, "
                     "continue with --resume"
                 ) from None
-            finally:
-                self.stopping.clear()
         self.finish()
         self.callbacks = callbacks
         return self.history

@@ -9,6 +9,7 @@ targets may be None and a loss may count masked pixels only, as self-supervised 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -45,8 +46,8 @@ class Sampler(Protocol):
     def validation(self, n: int, seed: int = 0) -> Batch | None: ...
 
 
-def check_settings(settings: dict, own: Sequence[str] = ()) -> None:
-    unknown = sorted(set(settings) - NET_FIELDS - TRAIN_FIELDS - {"spatial", *own})
+def check_settings(settings: dict) -> None:
+    unknown = sorted(set(settings) - NET_FIELDS - TRAIN_FIELDS - {"spatial"})
     if unknown:
         raise CarekitError(f"unknown setting(s) {', '.join(unknown)}")
 
@@ -55,16 +56,9 @@ def make_config(axes: str, channels: tuple[int, int], settings: dict, mode: str 
     """A :class:`Config` from data facts and keyword settings (net or training fields by name),
     for ``mode`` with its own ``parts`` (``axial``, ``projection``, ``synthetic``)."""
     check_settings(settings)
-    return Config(
-        axes=axes,
-        mode=mode,
-        spatial=settings.get("spatial", ""),
-        n_channel_in=channels[0],
-        n_channel_out=channels[1],
-        net=NetConfig(**{k: v for k, v in settings.items() if k in NET_FIELDS}),
-        train=TrainConfig(**{k: v for k, v in settings.items() if k in TRAIN_FIELDS}),
-        **parts,
-    )
+    net = NetConfig(**{k: v for k, v in settings.items() if k in NET_FIELDS})
+    train = TrainConfig(**{k: v for k, v in settings.items() if k in TRAIN_FIELDS})
+    return Config(axes, mode, settings.get("spatial", ""), channels[0], channels[1], net, train, **parts)
 
 
 def resumable(model_dir: Path, resume: bool, overwrite: bool, epochs: int | None = None) -> Config | None:
@@ -114,11 +108,11 @@ def residual_for(pairs: list[ImagePair]) -> bool:
 def train_mode(kind: Mode, model_dir: str | Path, inputs: dict, *, time_budget: float | None = None,
                resume: bool = False, overwrite: bool = False, device: str = "auto", progress: bool = True,
                callbacks: Sequence[Callback] = (), init: Callable[[CARE], None] | None = None,
-               **settings) -> CARE:  # fmt: skip
+               stop: threading.Event | None = None, **settings) -> CARE:  # fmt: skip
     """The training outline of every mode: ``inputs`` (the mode's, by name) into a model in ``model_dir``.
 
     ``settings`` are :class:`~carekit.config.NetConfig` and :class:`~carekit.config.TrainConfig`
-    fields and the mode's own settings; ``callbacks`` and ``init`` go to :func:`fit`.
+    fields and the mode's own settings; ``callbacks``, ``init`` and ``stop`` go to :func:`fit`.
     """
     model_dir = Path(model_dir)
     own = {k: settings.pop(k) for k in kind.settings if k in settings}
@@ -140,7 +134,7 @@ def train_mode(kind: Mode, model_dir: str | Path, inputs: dict, *, time_budget: 
                "jitter": t.intensity_jitter, **(kind.sampler_options or {})}  # fmt: skip
     sampler = PatchSampler(data.pairs, t.patch_size, **options)
     return fit(sampler, config, model_dir, resume=resume, time_budget=time_budget, device=device, progress=progress,
-               callbacks=callbacks, init=init)  # fmt: skip
+               callbacks=callbacks, init=init, stop=stop)  # fmt: skip
 
 
 def settle(config: Config, pairs: list[ImagePair]) -> None:
@@ -153,19 +147,14 @@ def settle(config: Config, pairs: list[ImagePair]) -> None:
 
 def fit(sampler: Sampler, config: Config, model_dir: str | Path, *, loss: Loss | None = None, resume: bool = False,
         time_budget: float | None = None, device: str = "auto", progress: bool = True,
-        callbacks: Sequence[Callback] = (), init: Callable[[CARE], None] | None = None) -> CARE:  # fmt: skip
+        callbacks: Sequence[Callback] = (), init: Callable[[CARE], None] | None = None,
+        stop: threading.Event | None = None) -> CARE:  # fmt: skip
     """Train ``config``'s network on ``sampler``'s batches into ``model_dir`` and return the best model.
 
-    Parameters
-    ----------
-    loss : Loss, optional
-        Default: the configuration's (:func:`loss_function`).
-    callbacks : sequence of Callback
-        Told of the start, every step, every epoch and the end (see :class:`~carekit.trainer.Trainer`);
-        a progress bar is added unless ``progress`` is False.
-    init : callable, optional
-        Called with the freshly built model before training (e.g. to load pretrained weights); not
-        on ``resume``, where the checkpoint's weights apply.
+    ``loss`` defaults to the configuration's; ``callbacks`` are told of the start, every step, every
+    epoch and the end (a progress bar joins them unless ``progress`` is False); ``init`` is called
+    with the freshly built model (e.g. to load pretrained weights; not on ``resume``); setting
+    ``stop`` from another thread ends training cleanly, keeping the best weights.
     """
     model_dir = Path(model_dir)
     config.intensity_map = sampler.intensity_map.to_dict()
@@ -175,6 +164,6 @@ def fit(sampler: Sampler, config: Config, model_dir: str | Path, *, loss: Loss |
     if init is not None and not resume:
         init(care)
     write_json(model_dir / CONFIG, config.to_dict())
-    trainer = Trainer(care, sampler, model_dir, choose_engine(device, config.train.precision), loss, callbacks)
+    trainer = Trainer(care, sampler, model_dir, choose_engine(device, config.train.precision), loss, callbacks, stop)
     trainer.run(time_budget=time_budget, resume=resume, progress=progress)
     return CARE.load(model_dir)

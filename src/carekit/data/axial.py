@@ -68,16 +68,9 @@ def centred(img: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def degrade(
-    plane: np.ndarray,
-    factor: float,
-    *,
-    sigma: float = 0.0,
-    kernel: np.ndarray | None = None,
-    peak_photons: float | None = None,
-    read_sigma: float = 0.0,
-    rng: np.random.Generator | None = None,
-) -> np.ndarray:
+def degrade(plane: np.ndarray, factor: float, *, sigma: float = 0.0, kernel: np.ndarray | None = None,
+            peak_photons: float | None = None, read_sigma: float = 0.0,
+            rng: np.random.Generator | None = None) -> np.ndarray:  # fmt: skip
     """Make lateral planes ``(..., Y, X)`` look axial along X.
 
     Blur with the anisotropic PSF part (a Gaussian of ``sigma`` along X, or a 2D ``kernel``),
@@ -99,17 +92,9 @@ def degrade(
     return subsample_and_interpolate(x, -1, factor)
 
 
-def isotropic_pairs(
-    stack: np.ndarray,
-    factor: float,
-    *,
-    sigma: float = 0.0,
-    kernel: np.ndarray | None = None,
-    peak_photons: float | None = None,
-    read_sigma: float = 0.0,
-    seed: int = 0,
-    min_size: int = 16,
-) -> list[ImagePair]:
+def isotropic_pairs(stack: np.ndarray, factor: float, *, sigma: float = 0.0, kernel: np.ndarray | None = None,
+                    peak_photons: float | None = None, read_sigma: float = 0.0, seed: int = 0,
+                    min_size: int = 16) -> list[ImagePair]:  # fmt: skip
     """Training pairs from an anisotropic stack ``(Z, C, Y, X)``: each lateral plane, degraded
     along X, and the same plane transposed (so Y's structure is learned too), degraded along X."""
     stack = np.asarray(stack)

@@ -18,14 +18,8 @@ def to_photons(image: np.ndarray, peak: float, *, percentile: float = 99.9) -> n
     return ((img - lo) / span * peak).clip(0, None).astype(np.float32)
 
 
-def poisson_gaussian(
-    photons: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    read_sigma: float = 0.0,
-    gain: float = 1.0,
-    offset: float = 0.0,
-) -> np.ndarray:
+def poisson_gaussian(photons: np.ndarray, rng: np.random.Generator, *, read_sigma: float = 0.0, gain: float = 1.0,
+                     offset: float = 0.0) -> np.ndarray:  # fmt: skip
     """Simulate a camera: ``gain * Poisson(photons) + N(0, read_sigma**2) + offset``.
 
     The result has mean ``gain * photons + offset`` and variance

@@ -6,7 +6,7 @@ so training memory is bounded by the images, not by a pre-cut patch array.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,12 +59,11 @@ def per_sample(name: str, x: np.ndarray, y: np.ndarray) -> list[ImagePair]:
     return [ImagePair(f"{name}[{i}]", x[i], y[i], source=name) for i in range(x.shape[0])]
 
 
-def pairs_from_arrays(
-    low: np.ndarray | Sequence[np.ndarray],
-    high: np.ndarray | Sequence[np.ndarray],
-    axes: str,
-    spatial: str,
-) -> list[ImagePair]:
+# how one input and its target become pairs: (low, high, axes, spatial, name) -> pairs
+MakePairs = Callable[[np.ndarray, np.ndarray, str, str, str], list[ImagePair]]
+
+
+def pairs_from_arrays(low, high, axes: str, spatial: str, make: MakePairs = split_samples) -> list[ImagePair]:
     """Pairs from arrays (or equally long lists of arrays) sharing ``axes``."""
     lows = [low] if isinstance(low, np.ndarray) else list(low)
     highs = [high] if isinstance(high, np.ndarray) else list(high)
@@ -74,7 +73,7 @@ def pairs_from_arrays(
         raise CarekitError("no training arrays given")
     pairs = []
     for i, (lo, hi) in enumerate(zip(lows, highs, strict=True)):
-        pairs += split_samples(np.asarray(lo), np.asarray(hi), axes, spatial, f"array {i}")
+        pairs += make(np.asarray(lo), np.asarray(hi), axes, spatial, f"array {i}")
     return check_channels(pairs)
 
 
@@ -96,15 +95,14 @@ def match_files(low_paths: Sequence[str | Path], high_path: str | Path) -> list[
     return matched
 
 
-def pairs_from_files(
-    low_paths: Sequence[str | Path], high_path: str | Path, axes: str, spatial: str
-) -> list[ImagePair]:
-    """Pairs from TIFF files or folders (see :func:`match_files`)."""
+def pairs_from_files(low_paths: Sequence[str | Path], high_path: str | Path, axes: str, spatial: str,
+                     make: MakePairs = split_samples, high_axes: str | None = None) -> list[ImagePair]:  # fmt: skip
+    """Pairs from TIFF files or folders (see :func:`match_files`); targets have ``high_axes`` (default ``axes``)."""
     pairs = []
     for low_file, high_file in match_files(low_paths, high_path):
         lo, _ = read_with_axes(low_file, axes)
-        hi, _ = read_with_axes(high_file, axes)
-        pairs += split_samples(lo, hi, axes, spatial, str(low_file))
+        hi, _ = read_with_axes(high_file, high_axes or axes)
+        pairs += make(lo, hi, axes, spatial, str(low_file))
     return check_channels(pairs)
 
 
@@ -120,11 +118,13 @@ def check_channels(pairs: list[ImagePair]) -> list[ImagePair]:
     return pairs
 
 
-def load_pairs(low, high, axes: str, spatial: str) -> list[ImagePair]:
-    """Pairs from arrays, lists of arrays, or file/folder paths (several input folders allowed)."""
+def load_pairs(low, high, axes: str, spatial: str, make: MakePairs = split_samples,
+               high_axes: str | None = None) -> list[ImagePair]:  # fmt: skip
+    """Pairs from arrays, lists of arrays, or file/folder paths (several input folders allowed); ``make``
+    and ``high_axes`` as for :func:`pairs_from_files`."""
     if isinstance(low, (str, Path)) or (isinstance(low, (list, tuple)) and low and isinstance(low[0], (str, Path))):
         lows = [low] if isinstance(low, (str, Path)) else list(low)
         if not isinstance(high, (str, Path)):
             raise CarekitError("inputs are paths, so the target must be a path (file or folder) too")
-        return pairs_from_files(lows, high, axes, spatial)
-    return pairs_from_arrays(low, high, axes, spatial)
+        return pairs_from_files(lows, high, axes, spatial, make, high_axes)
+    return pairs_from_arrays(low, high, axes, spatial, make)

@@ -40,16 +40,9 @@ def random_directions(n: int, ndim: int, rng: np.random.Generator) -> np.ndarray
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def tubules(
-    shape: tuple[int, ...],
-    rng: np.random.Generator,
-    *,
-    density: float = 0.02,
-    length: float = 120.0,
-    persistence: float = 40.0,
-    width: float = 0.5,
-    intensity: tuple[float, float] = (0.6, 1.0),
-) -> np.ndarray:
+def tubules(shape: tuple[int, ...], rng: np.random.Generator, *, density: float = 0.02, length: float = 120.0,
+            persistence: float = 40.0, width: float = 0.5,
+            intensity: tuple[float, float] = (0.6, 1.0)) -> np.ndarray:  # fmt: skip
     """Curved tubules as persistent random walks.
 
     Parameters
@@ -86,15 +79,8 @@ def tubules(
     return gaussian_filter(out, width) if width > 0 else out
 
 
-def granules(
-    shape: tuple[int, ...],
-    rng: np.random.Generator,
-    *,
-    density: float = 0.002,
-    radius: float = 2.0,
-    radius_sd: float = 0.3,
-    intensity: tuple[float, float] = (0.6, 1.0),
-) -> np.ndarray:
+def granules(shape: tuple[int, ...], rng: np.random.Generator, *, density: float = 0.002, radius: float = 2.0,
+             radius_sd: float = 0.3, intensity: tuple[float, float] = (0.6, 1.0)) -> np.ndarray:  # fmt: skip
     """Disks (2D) or spheres (3D) with log-normal radii (median ``radius``, log-sd ``radius_sd``).
 
     ``density`` is the expected number of granules per pixel; brightness is uniform per
@@ -135,17 +121,9 @@ def blur(image: np.ndarray, psf: np.ndarray) -> np.ndarray:
     return fftconvolve(padded, psf, mode="valid").astype(np.float32)
 
 
-def widefield(
-    truth: np.ndarray,
-    psf: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    photons: float = 50.0,
-    background: float = 0.1,
-    background_scale: float = 32.0,
-    read_sigma: float = 2.0,
-    frames: int = 1,
-) -> np.ndarray:
+def widefield(truth: np.ndarray, psf: np.ndarray, rng: np.random.Generator, *, photons: float = 50.0,
+              background: float = 0.1, background_scale: float = 32.0, read_sigma: float = 2.0,
+              frames: int = 1) -> np.ndarray:  # fmt: skip
     """Image ``truth`` with a widefield microscope; returns camera counts (float32).
 
     The blurred truth is scaled so its brightest structures give ``photons`` per pixel;

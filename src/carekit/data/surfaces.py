@@ -46,16 +46,9 @@ def voronoi_membranes(shape: tuple[int, int], cell_size: float, rng: np.random.G
     return np.maximum(membrane, interior).astype(np.float32)
 
 
-def surface_stack(
-    shape: tuple[int, int, int],
-    rng: np.random.Generator,
-    *,
-    height: np.ndarray | None = None,
-    cell_size: float = 10.0,
-    z_sigma: float = 1.2,
-    xy_sigma: float = 1.0,
-    haze: float = 0.4,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def surface_stack(shape: tuple[int, int, int], rng: np.random.Generator, *, height: np.ndarray | None = None,
+                  cell_size: float = 10.0, z_sigma: float = 1.2, xy_sigma: float = 1.0,
+                  haze: float = 0.4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """A clean stack ``(Z, Y, X)`` holding one textured surface, its 2D truth and its height map.
 
     The surface signal at ``(y, x)`` is the texture spread along z by a Gaussian of
@@ -74,14 +67,8 @@ def surface_stack(
     return stack.astype(np.float32), texture.astype(np.float32), h.astype(np.float32)
 
 
-def surface_projection(
-    stack: np.ndarray,
-    *,
-    sigma: float = 2.0,
-    smooth: float = 6.0,
-    measure: str = "intensity",
-    band: int = 1,
-) -> tuple[np.ndarray, np.ndarray]:
+def surface_projection(stack: np.ndarray, *, sigma: float = 2.0, smooth: float = 6.0, measure: str = "intensity",
+                       band: int = 1) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Classical projection of a stack ``(Z, Y, X)`` or ``(C, Z, Y, X)`` onto its brightest surface.
 
     For each pixel the height of maximal local intensity (Gaussian mean of ``sigma``) or local

@@ -237,6 +237,7 @@ ISOTROPIC = register(
         part_type=AxialConfig,
         check=check_axial,
         sampler_options={"rotate": False},  # pairs are degraded along X only
+        supports=frozenset({"tiling", "uncertainty", "factor"}),
         options=(
             VOLUME,
             AXES,

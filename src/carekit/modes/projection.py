@@ -9,7 +9,6 @@ weights at every pixel, for checking against the anatomy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +16,9 @@ import numpy as np
 
 from carekit.axes import check_axes, to_net
 from carekit.config import Config
-from carekit.data.pairs import ImagePair, check_channels, match_files, per_sample
+from carekit.data.pairs import ImagePair, load_pairs, per_sample
 from carekit.errors import CarekitError
-from carekit.io import check_finite, read_with_axes
+from carekit.io import check_finite
 from carekit.model import CARE, Run, unet_settings
 from carekit.modes.denoise import PAIR_OPTIONS, pair_inputs
 from carekit.nets.projector import ProjectionNet
@@ -40,7 +39,7 @@ def target_axes(axes: str, what: str = "stack") -> str:
     return axes.replace("Z", "")
 
 
-def projection_pair(low: np.ndarray, high: np.ndarray, axes: str, name: str) -> list[ImagePair]:
+def projection_pair(low: np.ndarray, high: np.ndarray, axes: str, spatial: str, name: str) -> list[ImagePair]:
     """Pairs of a stack ``low`` (``axes``) and its 2D target ``high`` (``axes`` without Z)."""
     out_axes = target_axes(axes, name)
     check_axes(axes, low.ndim, what=f"{name} (stack)")
@@ -59,26 +58,6 @@ def projection_pair(low: np.ndarray, high: np.ndarray, axes: str, name: str) -> 
             "the target must be the stack's YX size"
         )
     return per_sample(name, x, y)
-
-
-def load_projection_pairs(low, high, axes: str) -> list[ImagePair]:
-    """Pairs from arrays (or lists of them) or from files/folders matched by name."""
-    if isinstance(low, (str, Path)) or (isinstance(low, Sequence) and low and isinstance(low[0], (str, Path))):
-        lows = [low] if isinstance(low, (str, Path)) else list(low)
-        pairs = []
-        for low_file, high_file in match_files(lows, high):
-            stack, _ = read_with_axes(low_file, axes)
-            image, _ = read_with_axes(high_file, target_axes(axes, str(low_file)))
-            pairs += projection_pair(stack, image, axes, str(low_file))
-        return check_channels(pairs)
-    lows = [low] if isinstance(low, np.ndarray) else list(low)
-    highs = [high] if isinstance(high, np.ndarray) else list(high)
-    if len(lows) != len(highs) or not lows:
-        raise CarekitError(f"got {len(lows)} stacks but {len(highs)} targets; give one 2D target per stack")
-    pairs = [
-        p for i, (a, b) in enumerate(zip(lows, highs, strict=True)) for p in projection_pair(a, b, axes, f"array {i}")
-    ]
-    return check_channels(pairs)
 
 
 @dataclass
@@ -117,7 +96,8 @@ def projection_data(inputs: dict, saved: Config | None, settings: dict) -> Train
     low, high, axes = pair_inputs("projection", inputs, saved)
     part = saved.projection if saved else ProjectionConfig(**{f: settings[k] for k, f in PROJECTION_FIELDS.items()
                                                               if settings.get(k) is not None})  # fmt: skip
-    return TrainingData(load_projection_pairs(low, high, axes), axes, "YX", part)
+    pairs = load_pairs(low, high, axes, "ZYX", projection_pair, target_axes(axes))
+    return TrainingData(pairs, axes, "YX", part)
 
 
 class ProjectionCARE(CARE):
@@ -164,6 +144,7 @@ PROJECTION = register(
         part_type=ProjectionConfig,
         check=check_projection,
         net=projection_net,
+        supports=frozenset({"tiling", "uncertainty", "height_map"}),
         options=(
             *PAIR_OPTIONS,
             Option("--proj-depth", "pooling steps of the 3D projection network (default 2)", {"type": int}),

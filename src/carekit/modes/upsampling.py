@@ -12,8 +12,9 @@ from carekit.config import Config
 from carekit.data.axial import upsampling_pairs
 from carekit.data.camera import resample_axis
 from carekit.model import Run
+from carekit.modes import isotropic
 from carekit.modes.denoise import AXES
-from carekit.modes.isotropic import FACTOR, VOLUME, AxialCARE, AxialConfig, as_volume, axial_settings, check_axial
+from carekit.modes.isotropic import FACTOR, VOLUME, AxialCARE, AxialConfig, as_volume, axial_settings
 from carekit.normalize import normalize
 from carekit.registry import Mode, TrainingData, register
 from carekit.training import train_mode
@@ -40,8 +41,9 @@ UPSAMPLING = register(
         model=UpsamplingCARE,
         part="axial",
         part_type=AxialConfig,
-        check=check_axial,
+        check=isotropic.check_axial,
         options=(VOLUME, AXES, FACTOR),
+        supports=isotropic.ISOTROPIC.supports,
     )
 )
 

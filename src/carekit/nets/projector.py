@@ -28,27 +28,11 @@ class ProjectionNet(nn.Module):
 
     ndim = 2  # the result is 2D; layouts and tiling follow the 2D part
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        proj_depth: int = 2,
-        proj_features: int = 8,
-        proj_kernel: int = 3,
-        **unet,
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, proj_depth: int = 2, proj_features: int = 8,
+                 proj_kernel: int = 3, **unet) -> None:  # fmt: skip
         super().__init__()
-        self.project = UNet(
-            3,
-            in_channels,
-            1,
-            depth=proj_depth,
-            n_first=proj_features,
-            kernel_size=proj_kernel,
-            residual=False,
-            pool=(1, 2, 2),
-        )
+        self.project = UNet(3, in_channels, 1, depth=proj_depth, n_first=proj_features, kernel_size=proj_kernel,
+                            residual=False, pool=(1, 2, 2))  # fmt: skip
         self.restore = UNet(2, in_channels, out_channels, **unet)
         self.residual = self.restore.residual
 

@@ -178,21 +178,9 @@ class UNet(nn.Module):
         then trains exactly as a plain network's would).
     """
 
-    def __init__(
-        self,
-        ndim: int,
-        in_channels: int,
-        out_channels: int,
-        *,
-        depth: int = 2,
-        n_first: int = 32,
-        kernel_size: int = 5,
-        n_conv: int = 2,
-        residual: bool = True,
-        batch_norm: bool = False,
-        pool: tuple[int, ...] | None = None,
-        probabilistic: bool = False,
-    ) -> None:
+    def __init__(self, ndim: int, in_channels: int, out_channels: int, *, depth: int = 2, n_first: int = 32,
+                 kernel_size: int = 5, n_conv: int = 2, residual: bool = True, batch_norm: bool = False,
+                 pool: tuple[int, ...] | None = None, probabilistic: bool = False) -> None:  # fmt: skip
         super().__init__()
         if ndim not in CONV:
             raise ValueError(f"ndim must be 2 or 3, got {ndim}")
