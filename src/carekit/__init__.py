@@ -16,21 +16,6 @@ from carekit.model import CARE
 from carekit.modes import train, train_isotropic, train_projection, train_synthetic, train_upsampling
 from carekit.package import Package
 
-__all__ = [
-    "CARE",
-    "CarekitError",
-    "Config",
-    "NetConfig",
-    "Package",
-    "TrainConfig",
-    "__version__",
-    "evaluate",
-    "export",
-    "load",
-    "restore_chunked",
-    "train",
-    "train_isotropic",
-    "train_projection",
-    "train_synthetic",
-    "train_upsampling",
-]
+__all__ = ["CARE", "CarekitError", "Config", "NetConfig", "Package", "TrainConfig", "__version__", "evaluate", "export",
+           "load", "restore_chunked", "train", "train_isotropic", "train_projection", "train_synthetic",
+           "train_upsampling"]  # fmt: skip

@@ -2,8 +2,7 @@
 
 Each function takes plain values (paths, arrays, numbers), does one user-level job and reports
 progress through callbacks; a ``threading.Event`` passed as ``stop`` cancels it cleanly (training
-keeps its best weights, out-of-core prediction its finished blocks). Nothing here parses
-arguments or prints.
+keeps its best weights, out-of-core prediction its finished blocks). Nothing here prints.
 """
 
 from __future__ import annotations

@@ -90,14 +90,9 @@ class Layout:
     def spatial_shape(self) -> tuple[int, ...]:
         return tuple(self.shape[self.axes.index(a)] for a in self.spatial)
 
-    @property
-    def net_axes(self) -> str:
-        """The user's axes in network order, samples not yet folded."""
-        return self.sample_axes + "C" + self.spatial
-
     def fold(self, x: np.ndarray) -> np.ndarray:
         """``x`` (a box of the array: any sizes, these axes) as ``(N, C, *spatial)``."""
-        moved = rearrange(x, self.axes, self.net_axes)
+        moved = rearrange(x, self.axes, self.sample_axes + "C" + self.spatial)
         return moved.reshape(-1, *moved.shape[len(self.sample_axes) :])
 
     def unfold(self, y: np.ndarray, spatial: str | None = None) -> tuple[np.ndarray, str]:

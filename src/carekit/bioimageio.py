@@ -239,26 +239,17 @@ def describe(model, net, files, minimum, halo, name, author, license, y):
 
     c = model.config
     spatial = [a.lower() for a in c.spatial]
-    in_names = [f"c{i}" for i in range(c.n_channel_in)]
-    inputs = [
-        bio.InputTensorDescr(
-            id=bio.TensorId("input"),
-            axes=tensor_axes(bio, "input", in_names, spatial, minimum, halo),
-            test_tensor=bio.FileDescr(source=files["input"]),
-            description="raw intensities; normalised inside the network",
-        )
-    ]
-    outputs = []
-    for i, (tid, what) in enumerate([("output", "restored intensities"), ("scale", "Laplace scale")][: len(y)]):
-        names = [f"{tid}{k}" for k in range(c.n_channel_out)]
-        outputs.append(
-            bio.OutputTensorDescr(
-                id=bio.TensorId(tid),
-                axes=tensor_axes(bio, "output", names, spatial, minimum, halo),
-                test_tensor=bio.FileDescr(source=files[f"output{i}"]),
-                description=what,
-            )
-        )
+
+    def tensor(kind: str, tid: str, channels: int, source, what: str):
+        descr = bio.InputTensorDescr if kind == "input" else bio.OutputTensorDescr
+        names = [f"{'c' if kind == 'input' else tid}{k}" for k in range(channels)]
+        return descr(id=bio.TensorId(tid), axes=tensor_axes(bio, kind, names, spatial, minimum, halo),
+                     test_tensor=bio.FileDescr(source=source), description=what)  # fmt: skip
+
+    what = "raw intensities; normalised inside the network"
+    inputs = [tensor("input", "input", c.n_channel_in, files["input"], what)]
+    kinds = [("output", "restored intensities"), ("scale", "Laplace scale")][: len(y)]
+    outputs = [tensor("output", tid, c.n_channel_out, files[f"output{i}"], what) for i, (tid, what) in enumerate(kinds)]
     torch_version = bio.Version(torch.__version__.split("+")[0])
     architecture = bio.ArchitectureFromFileDescr(
         source=files["architecture"], callable="PackagedNet", kwargs=net.kwargs

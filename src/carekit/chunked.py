@@ -1,18 +1,16 @@
 """Out-of-core, resumable and optionally distributed restoration of arrays larger than memory.
 
-The array is never loaded whole. Its percentiles are found exactly, as
-``np.percentile`` over each sample and channel would give them, by a radix selection
-that reads the array a few times chunk by chunk. The spatial axes are then cut into
-blocks aligned to the output chunks; each block reads its window with a halo as wide
-as the network's receptive field (and the mirror padding the in-memory path adds at
-the array's end), runs the network through :meth:`CARE.run_net`, and writes its
-output chunks at once. So the result equals :meth:`CARE.predict` on the whole array
-up to float rounding.
+The array is never loaded whole. Its percentiles are found exactly by a radix selection that
+reads it a few times chunk by chunk (:mod:`carekit.lazy`). The spatial axes are then cut into
+blocks aligned to the output chunks; each block reads its window with a halo as wide as the
+network's receptive field (and the mirror padding the in-memory path adds at the array's end),
+runs the network through :meth:`CARE.run_net`, and writes its output chunks at once. So the
+result equals :meth:`CARE.predict` on the whole array up to float rounding.
 
-Work goes into ``<output>.partial``: every finished block leaves a marker file, a
-rerun skips marked blocks, and the folder is renamed to ``<output>`` when all are
-done. Blocks are independent tasks that write whole chunks, so they can run on Dask
-workers, and a task rerun after a worker dies writes the same data again.
+Work goes into ``<output>.partial``: every finished block leaves a marker file, a rerun skips
+marked blocks, and the folder is renamed to ``<output>`` when all are done. Blocks are independent
+tasks that write whole chunks, so they can run on Dask workers, and a task rerun after a worker
+dies writes the same data again.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ LOSSES = ("mae", "mse")
 SCHEDULES = ("plateau", "cosine")
 
 
-def _require(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
+    """Raise ``CarekitError(message)`` unless ``ok``."""
     if not ok:
         raise CarekitError(message)
 
@@ -97,13 +98,13 @@ class NetConfig:
         return replace(self, residual=chosen, batch_norm=self.batch_norm if self.batch_norm is not None else not chosen)
 
     def validate(self) -> None:
-        _require(1 <= self.depth <= 6, f"net depth must be 1..6, got {self.depth}")
-        _require(1 <= self.n_first <= 1024, f"n_first must be 1..1024, got {self.n_first}")
-        _require(
+        require(1 <= self.depth <= 6, f"net depth must be 1..6, got {self.depth}")
+        require(1 <= self.n_first <= 1024, f"n_first must be 1..1024, got {self.n_first}")
+        require(
             self.kernel_size is None or (self.kernel_size >= 1 and self.kernel_size % 2 == 1),
             f"kernel size must be a positive odd number, got {self.kernel_size}",
         )
-        _require(self.n_conv >= 1, f"n_conv must be at least 1, got {self.n_conv}")
+        require(self.n_conv >= 1, f"n_conv must be at least 1, got {self.n_conv}")
 
 
 def default_patches(ndim: int) -> tuple[tuple[int, ...], int]:
@@ -154,30 +155,30 @@ class TrainConfig:
     def resolved(self, ndim: int) -> TrainConfig:
         default_patch, default_batch = default_patches(ndim)
         patch = self.patch_size or default_patch
-        _require(len(patch) == ndim, f"patch size {patch} needs {ndim} entries for a {ndim}D network")
+        require(len(patch) == ndim, f"patch size {patch} needs {ndim} entries for a {ndim}D network")
         batch = self.batch_size or default_batch
         return TrainConfig(**{**asdict(self), "patch_size": tuple(patch), "batch_size": batch})
 
     def validate(self) -> None:
-        _require(self.loss in LOSSES, f"loss '{self.loss}' is unknown; use one of {', '.join(LOSSES)}")
-        _require(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
-        _require(self.steps_per_epoch >= 1, f"steps per epoch must be at least 1, got {self.steps_per_epoch}")
+        require(self.loss in LOSSES, f"loss '{self.loss}' is unknown; use one of {', '.join(LOSSES)}")
+        require(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        require(self.steps_per_epoch >= 1, f"steps per epoch must be at least 1, got {self.steps_per_epoch}")
         batch = self.batch_size
-        _require(batch is None or batch >= 1, f"batch size must be at least 1, got {batch}")
-        _require(self.learning_rate > 0, f"learning rate must be positive, got {self.learning_rate}")
-        _require(
+        require(batch is None or batch >= 1, f"batch size must be at least 1, got {batch}")
+        require(self.learning_rate > 0, f"learning rate must be positive, got {self.learning_rate}")
+        require(
             self.lr_schedule in SCHEDULES, f"lr schedule '{self.lr_schedule}' is unknown; use {', '.join(SCHEDULES)}"
         )
-        _require(0 < self.lr_factor < 1, f"lr factor must be in (0, 1), got {self.lr_factor}")
-        _require(0 <= self.ema < 1, f"ema must be in [0, 1) (0 turns it off), got {self.ema}")
+        require(0 < self.lr_factor < 1, f"lr factor must be in (0, 1), got {self.lr_factor}")
+        require(0 <= self.ema < 1, f"ema must be in [0, 1) (0 turns it off), got {self.ema}")
         jitter = self.intensity_jitter
-        _require(jitter is None or isinstance(jitter, bool), f"intensity jitter must be true, false or null: {jitter}")
-        _require(0 <= self.validation_fraction < 1, "validation fraction must be in [0, 1)")
-        _require(self.validation_patches >= 0, "validation patches must be >= 0")
-        _require(0 <= self.background_threshold < 1, "background threshold must be in [0, 1)")
-        _require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}")
+        require(jitter is None or isinstance(jitter, bool), f"intensity jitter must be true, false or null: {jitter}")
+        require(0 <= self.validation_fraction < 1, "validation fraction must be in [0, 1)")
+        require(self.validation_patches >= 0, "validation patches must be >= 0")
+        require(0 <= self.background_threshold < 1, "background threshold must be in [0, 1)")
+        require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}")
         if self.patch_size is not None:
-            _require(all(p >= 1 for p in self.patch_size), f"patch size must be positive, got {self.patch_size}")
+            require(all(p >= 1 for p in self.patch_size), f"patch size must be positive, got {self.patch_size}")
 
 
 # Every NetConfig and TrainConfig field is a flag of 'carekit train' (``--kernel-size`` for
@@ -191,10 +192,8 @@ FIELD_HELP = {
     "probabilistic": "predict a Laplace distribution per pixel",
     "patch_size": "e.g. 64,64 (2D) or 16,64,64 (3D)",
     "ema": "save a running average of the weights, this decay per step (0: off)",
-    "intensity_jitter": "normalise training patches with random percentiles (default: with the residual; "
-    "else fixed 2 and 99.8)",
+    "intensity_jitter": "normalise patches with random percentiles (default: with the residual, else 2 and 99.8)",
     "validation_fraction": "share of the pixels held out for validation (default 0.1)",
-    "precision": "auto: bfloat16 where the CPU/GPU supports it, else float32",
 }
 FIELD_CHOICES = {"loss": LOSSES, "lr_schedule": SCHEDULES, "precision": PRECISIONS}
 
@@ -227,11 +226,9 @@ class Config:
             self.train = TrainConfig(**self.train)
         self.axes = check_axes(self.axes, what="model axes")
         self.spatial = self.spatial or default_spatial(self.axes)
-        _require(self.spatial in ("YX", "ZYX"), f"spatial axes must be YX or ZYX, got {self.spatial}")
-        _require(
-            all(a in self.axes for a in self.spatial), f"axes '{self.axes}' lack the network's axes {self.spatial}"
-        )
-        _require(self.n_channel_in >= 1 and self.n_channel_out >= 1, "channel counts must be at least 1")
+        require(self.spatial in ("YX", "ZYX"), f"spatial axes must be YX or ZYX, got {self.spatial}")
+        require(all(a in self.axes for a in self.spatial), f"axes '{self.axes}' lack the network's axes {self.spatial}")
+        require(self.n_channel_in >= 1 and self.n_channel_out >= 1, "channel counts must be at least 1")
         if kind.check is not None:
             kind.check(self)
         self.net = self.net.resolved(self.ndim, kind.net_defaults or RESTORE_NET)

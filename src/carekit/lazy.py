@@ -95,18 +95,17 @@ def open_input(path: str | Path, axes: str | None, fallback: str | None):
 
 
 # -- exact percentiles by radix selection --------------------------------------------------------
-def key_bits(dtype: np.dtype) -> int:
-    if dtype.kind == "f":
-        return 64 if dtype.itemsize == 8 else 32
-    if dtype.kind in "ui":
-        return 8 * dtype.itemsize
-    raise CarekitError(f"pixel type {dtype} is not supported; use integer or float images")
+def key_type(dtype: np.dtype) -> tuple[int, type]:
+    """Bits and unsigned integer type of the sort keys of ``dtype`` (see :func:`to_keys`)."""
+    if dtype.kind not in "uif":
+        raise CarekitError(f"pixel type {dtype} is not supported; use integer or float images")
+    bits = 64 if dtype.kind == "f" and dtype.itemsize == 8 else 32 if dtype.kind == "f" else 8 * dtype.itemsize
+    return bits, np.uint32 if bits <= 32 else np.uint64
 
 
 def to_keys(values: np.ndarray) -> np.ndarray:
     """Unsigned integers that sort like ``values`` (floats: sign bit flipped, negatives inverted)."""
-    bits = key_bits(values.dtype)
-    utype = np.uint32 if bits <= 32 else np.uint64
+    bits, utype = key_type(values.dtype)
     if values.dtype.kind == "u":
         return values.astype(utype)
     if values.dtype.kind == "i" and bits == 64:
@@ -120,8 +119,7 @@ def to_keys(values: np.ndarray) -> np.ndarray:
 
 def from_keys(keys: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Inverse of :func:`to_keys`."""
-    bits = key_bits(dtype)
-    utype = np.uint32 if bits <= 32 else np.uint64
+    bits, utype = key_type(dtype)
     keys = keys.astype(utype)
     if dtype.kind == "u":
         return keys.astype(dtype)
@@ -151,7 +149,7 @@ def select_keys(array, layout: Layout, ranks: list[int], what: str) -> np.ndarra
     """Keys of the order statistics ``ranks`` (0-based) per sample and channel: ``(N, C, len(ranks))``."""
     groups = math.prod(layout.sample_shape) * layout.channels
     width = 16 if groups <= 64 else 8  # digit width: histogram memory is groups * 2**width counts
-    bits = key_bits(np.dtype(array.dtype))
+    bits, _ = key_type(np.dtype(array.dtype))
     prefix = np.zeros((groups, len(ranks)), np.uint64)
     below = np.zeros((groups, len(ranks)), np.int64)
     done = 0

@@ -2,8 +2,7 @@
 
 A mode says once what it is: the settings it keeps in the model's configuration, where its training
 pairs come from, its network, how it predicts, its command-line options and what it supports. The
-training and prediction outlines and the application layer ask the registry; none of them names a
-mode. A new mode is one file that calls :func:`register` (and its tests).
+training and prediction outlines and the application layer ask the registry and name no mode.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Adam with the learning rate halved when validation stops improving (or a cosine 
 weights and a last checkpoint (weights, optimizer, scheduler, history) are written after every
 epoch, so training can stop at a time budget, on request or at an interruption and resume later.
 Progress is reported to :class:`Callback` objects (a progress bar is one of them); a GUI's Cancel
-button calls :meth:`Trainer.stop`, which ends the run cleanly after the current step.
+button calls :meth:`Trainer.stop`, which ends the run cleanly after the current step. Batches come
+from a :class:`Sampler`, and a :class:`Loss` scores them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,27 +30,79 @@ from carekit.errors import CarekitError
 from carekit.figures import training_curve
 from carekit.heap import reuse_freed_memory
 from carekit.io import write_atomic
-from carekit.losses import Loss, loss_function
 from carekit.model import CARE, CURVE, HISTORY, LAST, WEIGHTS, load_weights, save_weights, state_dict_cpu
+from carekit.normalize import IntensityMap
 
 HISTORY_COLUMNS = ("epoch", "steps", "seconds", "loss", "val_loss", "lr")
 
+Batch = tuple  # (inputs, targets) or (inputs, targets, mask): float32 arrays (N, C, *patch); targets may be None
+
+
+class Sampler(Protocol):
+    """Where training batches come from (:class:`~carekit.sampling.PatchSampler` draws them from pairs)."""
+
+    intensity_map: IntensityMap  # input to target percentiles, stored with the model
+
+    def batches(self, seed, steps: int, size: int) -> Iterator[Batch]: ...
+
+    def validation(self, n: int, seed: int = 0) -> Batch | None: ...
+
+
+NLL_BETA = 1.0
+
+
+class Loss(Protocol):
+    """A training loss: network output, targets (None for self-supervised batches, whose loss reads
+    the inputs it was given) and an optional mask of the pixels that count (1) and do not (0)."""
+
+    def __call__(
+        self, pred: torch.Tensor, y: torch.Tensor | None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
+
+
+def mean_over(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean of ``values``, over the pixels ``mask`` marks where there is one."""
+    return torch.mean(values) if mask is None else torch.sum(values * mask) / torch.sum(mask).clamp(min=1)
+
+
+def laplace_nll(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Negative log-likelihood of ``y`` under Laplace(mean, scale) stacked as ``pred = [mean, scale]``.
+
+    Each pixel's term is weighted by its scale to the power :data:`NLL_BETA`, held constant for
+    the gradient (beta-NLL, Seitzer et al. 2022). The plain NLL (beta = 0) moves the mean by
+    ``sign(error) / scale``, so pixels the network is already sure of (flat background)
+    dominate and the mean learns more slowly than under MAE; with ``beta = 1`` the mean's
+    gradient is exactly MAE's, while the scale's optimum stays the expected absolute error.
+    """
+    c = y.shape[1]
+    mean, scale = pred[:, :c].float(), pred[:, c:].float()
+    nll = torch.abs(y - mean) / scale + torch.log(scale) + math.log(2.0)
+    return mean_over(nll * scale.detach() ** NLL_BETA, mask)
+
+
+def loss_function(name: str, probabilistic: bool = False) -> Loss:
+    """The configured loss: MAE or MSE of the mean, or the Laplace NLL of a probabilistic network."""
+    if probabilistic:
+        return laplace_nll
+    if name == "mse":
+        return lambda pred, y, mask=None: mean_over((pred.float() - y) ** 2, mask)
+    return lambda pred, y, mask=None: mean_over(torch.abs(pred.float() - y), mask)
+
 
 class Callback:
-    """Watches a :class:`Trainer`; override what you need. Each method gets the trainer, whose
-    ``care`` (model), ``dir`` (model folder), ``val`` (validation batch), ``history`` and
-    ``epoch`` it may read, and whose :meth:`Trainer.stop` it may call (e.g. from a GUI thread)."""
+    """Watches a :class:`Trainer`; override what you need. Each method gets the trainer, whose ``care``
+    (model), ``dir`` (model folder), ``val`` (validation batch), ``history`` and ``epoch`` it may read,
+    and whose :meth:`Trainer.stop` it may call: at the start, after each optimizer step (``step``
+    counts the run's steps from 1), after each epoch's validation and checkpoint (``row`` is its line
+    of ``history.csv``) and at the end, when the best weights are in the folder and in ``care``."""
 
     def on_start(self, trainer: Trainer) -> None: ...
 
-    def on_step(self, trainer: Trainer, step: int, loss: float) -> None:
-        """After each optimizer step (``step`` counts all steps of the run, from 1)."""
+    def on_step(self, trainer: Trainer, step: int, loss: float) -> None: ...
 
-    def on_epoch(self, trainer: Trainer, row: dict) -> None:
-        """After each epoch's validation and checkpoint; ``row`` is its line of ``history.csv``."""
+    def on_epoch(self, trainer: Trainer, row: dict) -> None: ...
 
-    def on_finish(self, trainer: Trainer) -> None:
-        """After training, when the best weights are in the model folder and in ``trainer.care``."""
+    def on_finish(self, trainer: Trainer) -> None: ...
 
 
 class ProgressBar(Callback):

@@ -2,17 +2,16 @@
 
 :func:`train_mode` is the outline: it resumes or refuses an existing folder, asks the mode for its
 pairs, builds the configuration, settles the choices that depend on the data, draws patches and
-hands the sampler and the loss to :func:`fit`. Samplers and losses are plug-in points
-(:class:`Sampler`, :class:`Loss`): a batch is ``(inputs, targets)`` or ``(inputs, targets, mask)``,
-targets may be None and a loss may count masked pixels only, as self-supervised modes need.
+hands the sampler and the loss to :func:`fit`. Samplers and losses are plug-in points (see
+:mod:`carekit.trainer`): targets may be absent and a loss may count masked pixels only, as
+self-supervised modes need.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -22,28 +21,15 @@ from carekit.data.pairs import ImagePair
 from carekit.engine import choose_engine
 from carekit.errors import CarekitError
 from carekit.io import prepare_output, read_json, write_json
-from carekit.losses import Loss
 from carekit.metrics import decibels, fitted_error
 from carekit.model import CARE, CONFIG, LAST, WEIGHTS, build_net
-from carekit.normalize import IntensityMap
 from carekit.registry import Mode, TrainingData, mode_of
 from carekit.sampling import PatchSampler
-from carekit.trainer import Callback, Trainer
+from carekit.trainer import Callback, Loss, Sampler, Trainer
 
+RUN_OPTIONS = ("time_budget", "device", "progress", "callbacks", "init", "stop", "loss")  # fit's keywords
 NET_FIELDS = set(NetConfig.__dataclass_fields__)
 TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)
-
-Batch = tuple  # (inputs, targets) or (inputs, targets, mask): float32 arrays (N, C, *patch); targets may be None
-
-
-class Sampler(Protocol):
-    """Where training batches come from (:class:`~carekit.sampling.PatchSampler` draws them from pairs)."""
-
-    intensity_map: IntensityMap  # input to target percentiles, stored with the model
-
-    def batches(self, seed, steps: int, size: int) -> Iterator[Batch]: ...
-
-    def validation(self, n: int, seed: int = 0) -> Batch | None: ...
 
 
 def check_settings(settings: dict) -> None:
@@ -105,36 +91,33 @@ def residual_for(pairs: list[ImagePair]) -> bool:
     return fidelity is not None and fidelity >= RESIDUAL_FROM_DB
 
 
-def train_mode(kind: Mode, model_dir: str | Path, inputs: dict, *, time_budget: float | None = None,
-               resume: bool = False, overwrite: bool = False, device: str = "auto", progress: bool = True,
-               callbacks: Sequence[Callback] = (), init: Callable[[CARE], None] | None = None,
-               stop: threading.Event | None = None, **settings) -> CARE:  # fmt: skip
+def train_mode(kind: Mode, model_dir: str | Path, inputs: dict, *, resume: bool = False, overwrite: bool = False,
+               **settings) -> CARE:  # fmt: skip
     """The training outline of every mode: ``inputs`` (the mode's, by name) into a model in ``model_dir``.
 
-    ``settings`` are :class:`~carekit.config.NetConfig` and :class:`~carekit.config.TrainConfig`
-    fields and the mode's own settings; ``callbacks``, ``init`` and ``stop`` go to :func:`fit`.
+    ``settings`` hold the options of :func:`fit` (``time_budget``, ``device``, ``progress``,
+    ``callbacks``, ``init``, ``stop``, ``loss``), :class:`~carekit.config.NetConfig` and
+    :class:`~carekit.config.TrainConfig` fields and the mode's own settings.
     """
+    run = {k: settings.pop(k) for k in RUN_OPTIONS if k in settings}
     model_dir = Path(model_dir)
     own = {k: settings.pop(k) for k in kind.settings if k in settings}
     check_settings(settings)
     saved = resumable(model_dir, resume, overwrite, settings.get("epochs"))
-    data: TrainingData = kind.data(inputs, saved, {**settings, **own})
+    data: TrainingData = kind.data(inputs, saved, {**settings, **own, "progress": run.get("progress", True)})
     spatial = data.spatial or settings.get("spatial") or default_spatial(data.axes)
     parts = {kind.part: data.part} if kind.part else {}
     config = saved or make_config(data.axes, channels_of(data.pairs), {**settings, "spatial": spatial}, kind.name,
                                   **parts)  # fmt: skip
     if channels_of(data.pairs) != (config.n_channel_in, config.n_channel_out):
-        raise CarekitError(
-            f"{model_dir}: the model maps {config.n_channel_in} to {config.n_channel_out} channel(s) "
-            f"but the data has {channels_of(data.pairs)}; train a new model for these data"
-        )
+        raise CarekitError(f"{model_dir}: the model maps {config.n_channel_in} to {config.n_channel_out} channel(s) "
+                           f"but the data has {channels_of(data.pairs)}; train a new model for these data")  # fmt: skip
     settle(config, data.pairs)
     t = config.train
     options = {"val_fraction": t.validation_fraction, "threshold": t.background_threshold, "augment": t.augment,
                "jitter": t.intensity_jitter, **(kind.sampler_options or {})}  # fmt: skip
     sampler = PatchSampler(data.pairs, t.patch_size, **options)
-    return fit(sampler, config, model_dir, resume=resume, time_budget=time_budget, device=device, progress=progress,
-               callbacks=callbacks, init=init, stop=stop)  # fmt: skip
+    return fit(sampler, config, model_dir, resume=resume, **run)
 
 
 def settle(config: Config, pairs: list[ImagePair]) -> None:

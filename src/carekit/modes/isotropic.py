@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from carekit.axes import check_axes, to_net
-from carekit.config import Config
+from carekit.config import Config, require
 from carekit.data.axial import anisotropic_kernel, anisotropic_sigma, isotropic_pairs
 from carekit.data.camera import resample_axis, upsampled_positions, widefield_sigmas
 from carekit.engine import Engine
@@ -56,16 +56,11 @@ class AxialConfig:
     combine: str = "arithmetic"
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.factor >= 1, f"factor must be at least 1, got {self.factor}"),
-            (self.psf_sigma_z >= 0 and self.psf_sigma_xy >= 0, "PSF sigmas must be non-negative"),
-            (self.peak_photons is None or self.peak_photons > 0, "peak photons must be positive"),
-            (self.read_sigma >= 0, "read noise must be non-negative"),
-            (self.combine in COMBINES, f"combine must be one of {', '.join(COMBINES)}, got '{self.combine}'"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise CarekitError(message)
+        require(self.factor >= 1, f"factor must be at least 1, got {self.factor}")
+        require(self.psf_sigma_z >= 0 and self.psf_sigma_xy >= 0, "PSF sigmas must be non-negative")
+        require(self.peak_photons is None or self.peak_photons > 0, "peak photons must be positive")
+        require(self.read_sigma >= 0, "read noise must be non-negative")
+        require(self.combine in COMBINES, f"combine must be one of {', '.join(COMBINES)}, got '{self.combine}'")
 
 
 def check_axial(config: Config) -> None:
@@ -256,29 +251,15 @@ ISOTROPIC = register(
 )
 
 
-def train_isotropic(stack, axes: str | None, factor: float, model_dir: str | Path, *, psf=None,
-                    psf_sigma: tuple[float, float] | None = None, peak_photons: float | None = None,
-                    read_sigma: float = 0.0, combine: str | None = None, **options) -> IsotropicCARE:  # fmt: skip
+def train_isotropic(stack, axes: str | None, factor: float, model_dir: str | Path, **options) -> IsotropicCARE:
     """Train a 2D network that restores axial planes of ``stack`` to lateral quality.
 
-    Parameters
-    ----------
-    stack : array or path
-        The anisotropic volume (axes with Z, e.g. ``"ZYX"`` or ``"ZCYX"``).
-    factor : float
-        z-step over lateral pixel size (any value >= 1, e.g. 10.2).
-    psf : array or path, optional
-        A measured PSF (ZYX, sampled at the lateral pixel size in every axis).
-    psf_sigma : (sigma_z, sigma_xy), optional
-        A Gaussian PSF in lateral pixels (see :func:`carekit.data.camera.widefield_sigmas`).
-    peak_photons, read_sigma : float, optional
-        Noise added to the degraded planes (Poisson at this peak, Gaussian read noise).
-    combine : ``"arithmetic"`` or ``"geometric"``
-        How XZ and YZ restorations are merged at prediction.
-    **options
-        Training options and settings, as for :func:`carekit.train`.
+    ``stack`` is the anisotropic volume (array or TIFF path, axes with Z such as ``"ZYX"``), ``factor``
+    its z-step over the lateral pixel size (any value >= 1, e.g. 10.2). Beside the options of
+    :func:`carekit.train`, ``options`` take the degradation: ``psf`` (a measured ZYX PSF, array or
+    path, sampled at the lateral pixel size) or ``psf_sigma`` (``(sigma_z, sigma_xy)`` in lateral
+    pixels; or ``na``, ``wavelength``, ``pixel_size`` and ``refractive_index``), ``peak_photons`` and
+    ``read_sigma`` (noise added to the degraded planes), and ``combine`` (``"arithmetic"`` or
+    ``"geometric"``: how XZ and YZ restorations merge at prediction).
     """
-    settings = {"psf": psf, "psf_sigma": psf_sigma, "peak_photons": peak_photons, "read_sigma": read_sigma,
-                "combine": combine}  # fmt: skip
-    inputs = {"input": stack, "axes": axes, "factor": factor}
-    return train_mode(ISOTROPIC, model_dir, inputs, **settings, **options)
+    return train_mode(ISOTROPIC, model_dir, {"input": stack, "axes": axes, "factor": factor}, **options)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from carekit.axes import check_axes, to_net
-from carekit.config import Config
+from carekit.config import Config, require
 from carekit.data.pairs import ImagePair, load_pairs, per_sample
 from carekit.errors import CarekitError
 from carekit.io import check_finite
@@ -69,14 +69,9 @@ class ProjectionConfig:
     kernel_size: int = 3
 
     def __post_init__(self) -> None:
-        checks = [
-            (1 <= self.depth <= 4, f"projection depth must be 1..4, got {self.depth}"),
-            (self.n_first >= 1, f"projection features must be at least 1, got {self.n_first}"),
-            (self.kernel_size >= 1 and self.kernel_size % 2 == 1, "projection kernel size must be odd"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise CarekitError(message)
+        require(1 <= self.depth <= 4, f"projection depth must be 1..4, got {self.depth}")
+        require(self.n_first >= 1, f"projection features must be at least 1, got {self.n_first}")
+        require(self.kernel_size >= 1 and self.kernel_size % 2 == 1, "projection kernel size must be odd")
 
 
 def check_projection(config: Config) -> None:
