@@ -64,7 +64,7 @@ def train(low, high, axes: str, model_dir: str | Path, **options) -> CARE:
         Seconds after which training stops cleanly, keeping the best weights.
     resume : bool
         Continue from ``model_dir``'s last checkpoint (its configuration is kept).
-    overwrite, device, progress, callbacks, init
+    overwrite, device, progress, callbacks, init, stop
         See :func:`carekit.training.train_mode`.
     **options
         Any :class:`~carekit.config.NetConfig` or :class:`~carekit.config.TrainConfig` field,
