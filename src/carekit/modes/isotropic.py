@@ -70,10 +70,13 @@ def check_axial(config: Config) -> None:
         raise CarekitError(f"{config.mode} models need a Z axis; got axes '{config.axes}'")
 
 
-def as_volume(stack, axes: str | None) -> tuple[np.ndarray, str]:
-    """A stack from an array or a TIFF path, with validated axes that include Z."""
+def as_volume(mode: str, inputs: dict, saved: Config | None) -> tuple[np.ndarray, str]:
+    """The training stack of an axial mode (array or TIFF path), with validated axes that include Z."""
+    stack, axes = inputs.get("input"), inputs.get("axes")
     if stack is None:
-        raise CarekitError("isotropic and upsampling training need --input STACK (the volume to learn from)")
+        raise CarekitError(f"{mode} training needs --input STACK (the volume to learn from)")
+    if inputs.get("factor") is None and saved is None:
+        raise CarekitError(f"{mode} training needs --factor (z-step over lateral pixel size)")
     if isinstance(stack, (str, Path)):
         data, axes = read_with_axes(stack, axes)
     else:
@@ -124,7 +127,7 @@ def axial_settings(factor, psf=None, psf_sigma=None, peak_photons=None, read_sig
 
 
 def isotropic_data(inputs: dict, saved: Config | None, settings: dict) -> TrainingData:
-    data, axes = as_volume(inputs.get("input"), inputs.get("axes"))
+    data, axes = as_volume("isotropic", inputs, saved)
     if saved is not None:
         a = saved.axial
         sigmas = None if a.psf_file else (a.psf_sigma_z, a.psf_sigma_xy)

@@ -26,7 +26,7 @@ class UpsamplingCARE(AxialCARE):
 
 
 def upsampling_data(inputs: dict, saved: Config | None, settings: dict) -> TrainingData:
-    data, axes = as_volume(inputs.get("input"), inputs.get("axes"))
+    data, axes = as_volume("upsampling", inputs, saved)
     axial, _ = axial_settings(saved.axial.factor if saved else inputs.get("factor"))
     x, _ = to_net(data, axes, "ZYX", what="stack")
     return TrainingData([p for volume in x for p in upsampling_pairs(volume, axial.factor)], axes, part=axial)
