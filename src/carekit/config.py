@@ -57,6 +57,10 @@ RESIDUAL_FROM_DB = 21.0
 # the residual, so they keep the jitter.
 
 
+# Max pooling and every skip connection, unless a mode's defaults say otherwise (N2V2 does).
+PLAIN_POOLING = {"blur_pool": False, "top_skip": True}
+
+
 def reference_net(ndim: int) -> dict[str, Any]:
     """The CARE paper's network settings: kernel 5 in 2D and 3 in 3D, residual, no batch norm."""
     return {"kernel_size": 5 if ndim == 2 else 3, "batch_norm": False, "residual": True}
@@ -71,7 +75,9 @@ class NetConfig:
     other modes default to kernel 3 with batch normalisation and the residual (``RESTORE_NET``),
     probabilistic models to the CARE paper's network (``reference_net``). ``residual`` adds the
     input back only when channel counts match. ``probabilistic`` adds a Laplace scale head
-    (trained by negative log-likelihood).
+    (trained by negative log-likelihood). ``blur_pool`` and ``top_skip`` left None take the mode's
+    default, else max pooling and the top skip connection (N2V2 turns both: blur pooling, no top
+    skip). ``independent_channels`` restores each channel with a network of its own.
     """
 
     depth: int = 2
@@ -81,11 +87,14 @@ class NetConfig:
     residual: bool | None = None
     batch_norm: bool | None = None
     probabilistic: bool = False
+    blur_pool: bool | None = None
+    top_skip: bool | None = None
+    independent_channels: bool = False
 
     def resolved(self, ndim: int, mode_defaults: dict[str, Any] = RESTORE_NET) -> NetConfig:
         """The mode's defaults filled in where a setting is None (a mode that leaves the residual and
         batch normalisation open has them settled by ``settled``)."""
-        defaults = reference_net(ndim) if self.probabilistic else mode_defaults
+        defaults = {**PLAIN_POOLING, **(reference_net(ndim) if self.probabilistic else mode_defaults)}
         chosen = {k: v if (v := getattr(self, k)) is not None else d for k, d in defaults.items()}
         out = replace(self, **chosen)
         out.validate()
@@ -190,6 +199,9 @@ FIELD_HELP = {
     "depth": "pooling steps of the U-Net (default 2)",
     "n_first": "features of the first level (default 32)",
     "probabilistic": "predict a Laplace distribution per pixel",
+    "blur_pool": "blur pooling instead of max pooling (n2v default: on, against checkerboard artefacts)",
+    "top_skip": "the top level's skip connection (n2v default: off, against checkerboard artefacts)",
+    "independent_channels": "one network per channel instead of one for all channels jointly",
     "patch_size": "e.g. 64,64 (2D) or 16,64,64 (3D)",
     "ema": "save a running average of the weights, this decay per step (0: off)",
     "intensity_jitter": "normalise patches with random percentiles (default: with the residual, else 2 and 99.8)",
@@ -214,6 +226,7 @@ class Config:
     axial: Any = None
     projection: Any = None
     synthetic: dict[str, Any] | None = None
+    n2v: Any = None
     calibration: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -229,6 +242,9 @@ class Config:
         require(self.spatial in ("YX", "ZYX"), f"spatial axes must be YX or ZYX, got {self.spatial}")
         require(all(a in self.axes for a in self.spatial), f"axes '{self.axes}' lack the network's axes {self.spatial}")
         require(self.n_channel_in >= 1 and self.n_channel_out >= 1, "channel counts must be at least 1")
+        require(not self.net.independent_channels or self.n_channel_in == self.n_channel_out,
+                f"independent channels restore each channel by itself, but the model maps {self.n_channel_in} "
+                f"to {self.n_channel_out} channel(s); train without --independent-channels")  # fmt: skip
         if kind.check is not None:
             kind.check(self)
         self.net = self.net.resolved(self.ndim, kind.net_defaults or RESTORE_NET)

@@ -22,7 +22,7 @@ from carekit.engine import Engine, choose_engine
 from carekit.errors import CarekitError
 from carekit.io import check_finite, read_json, write_atomic, write_json
 from carekit.nets import packaged
-from carekit.nets.unet import UNet, count_parameters, fold_batch_norm
+from carekit.nets.unet import UNet, build_unet, count_parameters, fold_batch_norm
 from carekit.normalize import PREDICT_PERCENTILES, IntensityMap, normalize, percentiles
 from carekit.registry import Mode, mode_of, supporting
 from carekit.tiling import predict_tiled
@@ -46,6 +46,9 @@ def unet_settings(config: Config) -> dict:
         "residual": n.residual,
         "batch_norm": n.batch_norm,
         "probabilistic": n.probabilistic,
+        "blur_pool": n.blur_pool,
+        "top_skip": n.top_skip,
+        "independent_channels": n.independent_channels,
     }
 
 
@@ -54,7 +57,7 @@ def build_net(config: Config) -> torch.nn.Module:
     build = mode_of(config.mode).net
     if build is not None:
         return build(config)
-    return UNet(config.ndim, config.n_channel_in, config.n_channel_out, **unet_settings(config))
+    return build_unet(config.ndim, config.n_channel_in, config.n_channel_out, **unet_settings(config))
 
 
 def state_dict_cpu(net: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -121,6 +124,8 @@ class CARE:
         return (
             f"CARE {c.mode} model, {c.ndim}D U-Net: depth {n.depth}, {n.n_first} first features, "
             f"kernel {n.kernel_size}, {'batch norm, ' if n.batch_norm else ''}"
+            f"{'blur pooling, ' if n.blur_pool else ''}{'' if n.top_skip else 'no top skip, '}"
+            f"{'one network per channel, ' if n.independent_channels and c.n_channel_in > 1 else ''}"
             f"{'residual' if self.net.residual else 'no residual'}, "
             f"{c.n_channel_in} -> {c.n_channel_out} channel(s); {count_parameters(self.net):,} parameters; "
             f"receptive-field halo {self.net.halo()} px; trained on axes {c.axes}"

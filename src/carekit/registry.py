@@ -55,7 +55,10 @@ class Mode:
     check: Callable[[Any], None] | None = None  # its requirements on a Config (axes), raising CarekitError
     net: Callable[[Any], Any] | None = None  # its network for a Config; default the U-Net of config.net
     net_defaults: dict | None = None  # network settings where the configuration leaves them open
+    train_defaults: dict | None = None  # training settings where the user gives none (e.g. its loss)
     sampler_options: dict | None = None  # keywords of its patch sampler (e.g. no rotations)
+    sampler: Callable[[Any, Any], Any] | None = None  # (patch sampler, Config) -> the Sampler training draws from
+    cite: Callable[[Any], tuple] | None = None  # Config -> ((reference, DOI), ...) of its method; default CARE's
     options: tuple[Option, ...] = ()  # its options of 'carekit train'
     supports: frozenset[str] = frozenset({"tiling", "uncertainty"})  # which FEATURES
 

@@ -104,6 +104,8 @@ def train_mode(kind: Mode, model_dir: str | Path, inputs: dict, *, resume: bool 
     own = {k: settings.pop(k) for k in kind.settings if k in settings}
     check_settings(settings)
     saved = resumable(model_dir, resume, overwrite, settings.get("epochs"))
+    if saved is None:  # a fresh start: the mode's training defaults where the user gave none
+        settings = {**(kind.train_defaults or {}), **settings}
     data: TrainingData = kind.data(inputs, saved, {**settings, **own, "progress": run.get("progress", True)})
     spatial = data.spatial or settings.get("spatial") or default_spatial(data.axes)
     parts = {kind.part: data.part} if kind.part else {}
@@ -117,6 +119,8 @@ def train_mode(kind: Mode, model_dir: str | Path, inputs: dict, *, resume: bool 
     options = {"val_fraction": t.validation_fraction, "threshold": t.background_threshold, "augment": t.augment,
                "jitter": t.intensity_jitter, **(kind.sampler_options or {})}  # fmt: skip
     sampler = PatchSampler(data.pairs, t.patch_size, **options)
+    if kind.sampler is not None:
+        sampler = kind.sampler(sampler, config)
     return fit(sampler, config, model_dir, resume=resume, **run)
 
 
