@@ -128,3 +128,23 @@ def test_export_errors(model2d, tmp_path, capsys):
     assert "--uncertainty" in error(["predict", "--model", str(package), "--input", str(tmp_path / "in.tif"),
                                      "--output", str(tmp_path / "o.tif"), "--uncertainty", str(tmp_path)])  # fmt: skip
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_n2v_package_with_a_network_per_channel_passes_and_reproduces_carekit(tmp_path):
+    """N2V2's network (blur pooling, no top skip), one per channel, traced and exported to ONNX."""
+    from bioimageio.core import test_model
+
+    from carekit.modes.n2v import train_n2v
+    from carekit.package import Package
+
+    clean = np.stack([blobs((64, 64), seed=5), blobs((64, 64), seed=6)])
+    model = train_n2v(noisy(clean), "CYX", tmp_path / "n2v", independent_channels=True, epochs=1, steps_per_epoch=3,
+                      patch_size=(32, 32), progress=False, **TINY)  # fmt: skip
+    out = export(model, tmp_path / "n2v.zip", author="Test Author")
+    assert test_model(out).status == "passed"
+    rdf = yaml.safe_load(zipfile.ZipFile(out).read("rdf.yaml"))
+    assert rdf["cite"][0]["doi"] == "10.1109/CVPR.2019.00223"
+    fresh = noisy(np.stack([blobs((75, 90), seed=7), blobs((75, 90), seed=8)]), seed=9)
+    restored, axes = Package(out).predict(fresh, "CYX")
+    assert axes == "CYX"
+    assert relative_error(restored, model.predict(fresh, "CYX", precision="float32")) < 1e-3

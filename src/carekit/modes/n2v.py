@@ -1,0 +1,170 @@
+"""Noise2Void: restoration learnt from the noisy images alone (Krull et al. 2019).
+
+No clean image is needed: the network is trained on the very images it will restore, with blind
+spots (:mod:`carekit.data.blindspot`) so that it cannot copy a pixel's noise into its own
+prediction. The N2V2 changes (Hock et al. 2022) are the default: blur pooling, no skip connection
+at the top level and median replacement without the hidden pixel, which together keep the
+checkerboard artefacts of plain Noise2Void away. A structured mask (structN2V, Broaddus et al.
+2020) hides the pixels whose noise is correlated with the hidden one (line noise of scanning or
+sCMOS cameras). The result is in the input's intensity units; prediction, tiling, out-of-core
+prediction, test-time augmentation and export are those of every denoising model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from carekit.config import Config, default_spatial, require
+from carekit.data.blindspot import REPLACEMENTS, BlindSpots, hide, struct_mask
+from carekit.data.noisy import own_targets, read_all
+from carekit.errors import CarekitError
+from carekit.model import CARE
+from carekit.modes.denoise import AXES
+from carekit.registry import Mode, Option, TrainingData, register
+from carekit.sampling import PatchSampler, augmented
+from carekit.training import train_mode
+
+N2V_CITE = (
+    ("Krull, Buchholz & Jug (2019), Noise2Void - learning denoising from single noisy images. CVPR 2019.",
+     "10.1109/CVPR.2019.00223"),
+    ("Hock et al. (2022), N2V2 - fixing Noise2Void checkerboard artifacts with modified sampling strategies and a "
+     "tweaked network architecture. ECCV 2022 Workshops.", "10.1007/978-3-031-25069-9_33"),
+)  # fmt: skip
+STRUCT_CITE = (
+    "Broaddus et al. (2020), Removing structured noise with self-supervised blind-spot networks. ISBI 2020.",
+    "10.1109/ISBI45749.2020.9098336",
+)
+
+
+@dataclass
+class N2VConfig:
+    """How blind spots are made in training (see :class:`~carekit.data.blindspot.BlindSpots`):
+    ``masked_fraction`` of each patch's pixels, replaced by ``replacement`` from the window of edge
+    ``window``, hidden with ``struct_mask`` (0/1 nested lists, centred; None: the pixel alone)."""
+
+    masked_fraction: float = 0.02
+    replacement: str = "median"
+    window: int = 5
+    struct_mask: list | None = None
+
+    def __post_init__(self) -> None:
+        if self.struct_mask is not None:
+            self.struct_mask = struct_mask(self.struct_mask).tolist()
+        self.spots()  # validates
+
+    def spots(self) -> BlindSpots:
+        struct = None if self.struct_mask is None else np.asarray(self.struct_mask, np.uint8)
+        return BlindSpots(self.masked_fraction, self.replacement, self.window, struct)
+
+
+SETTINGS = ("masked_fraction", "replacement", "window", "struct_mask")  # N2VConfig's fields, also training keywords
+# the Laplace scale of a network trained on noisy targets would be the noise's, not the restoration's uncertainty
+NO_DISTRIBUTION = ("{mode} models predict no distribution: their noisy targets would make it the noise's; train "
+                   "without --probabilistic (an --ensemble still averages its members)")  # fmt: skip
+
+
+class BlindSpotSampler:
+    """Batches ``(input with blind spots, noisy patch, mask of the hidden pixels)`` from a
+    :class:`PatchSampler` over images that are their own targets.
+
+    Blind spots are made before the flips and rotations, so a structured mask stays aligned with
+    the camera's noise whatever the augmentation.
+    """
+
+    def __init__(self, patches: PatchSampler, spots: BlindSpots) -> None:
+        self.patches, self.spots = patches, spots
+        self.augment, patches.augment = patches.augment, False
+        self.rotate = patches.rotate and patches.patch[-1] == patches.patch[-2]
+        self.intensity_map = patches.intensity_map
+
+    def batch(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x, _ = self.patches.batch(rng, size)
+        hidden, mask = hide(rng, x, self.spots)
+        if self.augment:
+            triples = [augmented(rng, t, self.rotate) for t in zip(hidden, x, mask, strict=True)]
+            hidden, x, mask = (np.stack(a) for a in zip(*triples, strict=True))
+        return hidden, x, mask
+
+    def batches(self, seed, steps: int, size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        rng = np.random.default_rng(seed)
+        for _ in range(steps):
+            yield self.batch(rng, size)
+
+    def validation(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Held-out patches with fixed blind spots."""
+        held = self.patches.validation(n, seed)
+        if held is None:
+            return None
+        hidden, mask = hide(np.random.default_rng([seed, 1]), held[0], self.spots)
+        return hidden, held[0], mask
+
+
+def check_n2v(config: Config) -> None:
+    require(config.n2v is not None, "n2v models need their blind-spot settings")
+    require(not config.net.probabilistic, NO_DISTRIBUTION.format(mode="n2v"))
+
+
+def n2v_data(inputs: dict, saved: Config | None, settings: dict) -> TrainingData:
+    images = inputs.get("input")
+    if images is None:
+        raise CarekitError("n2v training needs --input: the noisy images to restore (a file, folder or array)")
+    found, axes = read_all(images, saved.axes if saved else inputs.get("axes"))
+    spatial = saved.spatial if saved else settings.get("spatial") or default_spatial(axes)
+    part = saved.n2v if saved else N2VConfig(**{k: settings[k] for k in SETTINGS if settings.get(k) is not None})
+    return TrainingData(own_targets(found, axes, spatial), axes, spatial, part)
+
+
+def n2v_cite(config: Config) -> tuple:
+    return N2V_CITE + ((STRUCT_CITE,) if config.n2v.struct_mask is not None else ())
+
+
+# N2V2's network: kernel 3, batch norm, no residual (the hidden pixel's replacement must not be
+# added back), blur pooling and no top skip connection
+N2V_NET = {"kernel_size": 3, "batch_norm": True, "residual": False, "blur_pool": True, "top_skip": False}
+# MSE: its minimiser is the noisy pixels' mean, the clean signal for zero-mean noise (MAE would
+# give their median, biased for Poisson noise at a few photons)
+N2V_TRAINING = {"loss": "mse", "learning_rate": 1e-3, "lr_schedule": "cosine"}
+
+STRUCT_HELP = "structN2V: pixels hidden with each blind spot, e.g. x:4 (a horizontal line of 9) or a 0/1 .tif/.npy"
+N2V = register(
+    Mode(
+        name="n2v",
+        summary="Noise2Void (N2V2): the noisy images alone, no clean images (2D or 3D)",
+        inputs=("input", "axes"),
+        settings=tuple(SETTINGS),
+        data=n2v_data,
+        model=CARE,
+        part="n2v",
+        part_type=N2VConfig,
+        check=check_n2v,
+        net_defaults=N2V_NET,
+        train_defaults=N2V_TRAINING,
+        sampler=lambda patches, config: BlindSpotSampler(patches, config.n2v.spots()),
+        cite=n2v_cite,
+        supports=frozenset({"tiling", "out_of_core", "export", "tta"}),
+        options=(
+            Option("--input", "the noisy images to restore (file or folder)", {"metavar": "PATH"}),
+            AXES,
+            Option("--struct-mask", STRUCT_HELP, {"metavar": "MASK"}),
+            Option("--masked-fraction", "share of each patch's pixels hidden (default 0.02)", {"type": float}),
+            Option("--replacement", "median (N2V2, default) or uniform (original N2V)", {"choices": REPLACEMENTS}),
+            Option("--window", "edge of the window replacements come from (default 5)", {"type": int}),
+        ),
+    )
+)
+
+
+def train_n2v(images, axes: str | None, model_dir: str | Path, **options) -> CARE:
+    """Train Noise2Void (N2V2 by default) on noisy ``images`` alone and return the best model.
+
+    ``images`` are an array, a list of arrays, or TIFF files or folders (axes from the files
+    where ``axes`` is None). Train on the very images you want to restore: that is the normal use.
+    Beside the options of :func:`carekit.train`: ``struct_mask`` (e.g. ``"x:4"`` or a 0/1 array,
+    structN2V), ``masked_fraction``, ``replacement`` (``"median"`` or ``"uniform"``) and ``window``.
+    ``independent_channels=True`` trains one network per channel instead of one for all.
+    """
+    return train_mode(N2V, model_dir, {"input": images, "axes": axes}, **options)
