@@ -40,7 +40,7 @@ def train(mode: str, model_dir: str | Path, *, ensemble: int | None = None, **ke
     ``keywords`` hold the mode's inputs (e.g. ``low``, ``high``, ``axes``; see its
     :class:`~carekit.registry.Mode`), its settings, configuration fields and the options of
     :func:`carekit.training.train_mode` (``time_budget``, ``resume``, ``overwrite``, ``device``,
-    ``progress``, ``callbacks``, ``init``, ``stop``: a ``threading.Event`` that cancels).
+    ``progress``, ``callbacks``, ``initialize``, ``stop``: a ``threading.Event`` that cancels).
 
     Examples
     --------

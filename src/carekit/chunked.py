@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from carekit import threads
 from carekit.axes import Layout, check_axes, rearrange
 from carekit.blocks import Plan, make_plan, window_bytes_per_voxel
 from carekit.ensemble import load
@@ -180,8 +181,8 @@ def restore_chunked(model, image, output: str | Path, *, axes: str | None = None
     device, precision : str
         As for :meth:`CARE.predict`.
     dask : str, optional
-        ``"local"`` runs blocks on a local cluster of 2 worker processes; ``"tcp://host:8786"``
-        on an existing scheduler. Default: blocks run in this process.
+        ``"local"`` runs blocks on a local cluster (a single-threaded worker process per free core);
+        ``"tcp://host:8786"`` on an existing scheduler. Default: blocks run in this process.
     overwrite : bool
         Replace an existing output (and an unfinished run with other settings).
     on_block : callable, optional
@@ -217,9 +218,10 @@ def restore_chunked(model, image, output: str | Path, *, axes: str | None = None
         if dask and todo:
             run_on_dask(dask, job.remote(), todo, finished)
         else:
-            for block in todo:
-                run_block(job, block)
-                finished(block)
+            with threads.scope(window=3, shared_cores=True):
+                for block in todo:
+                    run_block(job, block)
+                    finished(block)
     return finish(job, Path(output), model.output_spacing(spacing), overwrite)
 
 
@@ -328,12 +330,14 @@ def finish(job: Job, output: Path, spacing, overwrite: bool) -> Path:
 
 
 def run_on_dask(address: str, job: Job, todo: list[Block], finished: Callable[[Block], None]) -> None:
-    """One task per block on a local 2-worker cluster (``"local"``) or the scheduler at ``address``."""
+    """One task per block on a local cluster (``"local"``: a single-threaded worker per free core) or
+    the scheduler at ``address``."""
     from distributed import Client, LocalCluster, as_completed
 
     with contextlib.ExitStack() as stack:
         if address == "local":
-            target = stack.enter_context(LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+            workers = threads.initial_threads()  # one single-threaded worker per free core
+            target = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                       dashboard_address=None))  # fmt: skip
         else:
             target = address

@@ -14,7 +14,7 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from carekit import app, demo
+from carekit import app, demo, system
 from carekit._version import __version__
 from carekit.config import FIELD_CHOICES, FIELD_HELP, NetConfig, TrainConfig
 from carekit.errors import CarekitError
@@ -50,6 +50,10 @@ EXAMPLES = {  # each command's --help ends with its examples
   carekit demo
   carekit demo --output demo-output --time-budget 60
   carekit demo --mode isotropic --output demo-isotropic
+""",
+    "info": """\
+  carekit info --model models/nuclei
+  carekit info --system
 """,
 }
 
@@ -152,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--movie", metavar="OUT.gif", help="probabilistic models: a movie of samples (.gif or .mp4)")
     p.add_argument("--samples", type=int, default=16, help="frames of --movie (16)")
     p.add_argument("--tta", action="store_true", help="average the 8 flips/rotations (8x slower, often cleaner)")
-    dask = "run chunks on Dask: a local 2-worker cluster, or a scheduler address tcp://host:8786"
+    dask = "run chunks on Dask: a local cluster (a worker per free core), or a scheduler address tcp://host:8786"
     p.add_argument("--dask", nargs="?", const="local", metavar="ADDRESS", help=dask)
     p.add_argument("--overwrite", action="store_true", help="replace an existing OME-Zarr output")
     add_engine_options(p)
@@ -183,8 +187,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--axes", help="axes of the images (default: the model's)")
     add_engine_options(c)
 
-    i = command("info", "describe a model folder")
-    i.add_argument("--model", required=True, metavar="DIR")
+    i = command("info", "describe a model folder, or what carekit gets on this machine (--system)")
+    i.add_argument("--model", metavar="DIR", help="a model folder, ensemble or bioimage.io package")
+    i.add_argument(
+        "--system",
+        action="store_true",
+        help="device, precision and why, cores, threads, memory, measured training and prediction speed",
+    )
+    add_engine_options(i)
 
     d = command("demo", "train and restore on the shipped sample")
     d.add_argument("--mode", default="denoise", choices=["denoise", "isotropic"], help="which demo (default denoise)")
@@ -200,6 +210,8 @@ def run_train(a: argparse.Namespace) -> None:
     model = app.train(a.mode, a.model, ensemble=a.ensemble, time_budget=a.time_budget, resume=a.resume,
                       overwrite=a.overwrite, device=a.device, progress=not a.quiet, **named)  # fmt: skip
     print(model.summary())
+    for warning in model.warnings():
+        print(f"carekit: warning: {warning}", file=sys.stderr)
     print(f"model written to {a.model}")
 
 
@@ -237,7 +249,15 @@ def run_calibrate(a: argparse.Namespace) -> None:
 
 
 def run_info(a: argparse.Namespace) -> None:
-    print(app.load(a.model).summary())
+    if not a.model and not a.system:
+        raise CarekitError("info needs --model DIR (describe a model) or --system (describe this machine)")
+    if a.model:
+        model = app.load(a.model)
+        print(model.summary())
+        for warning in model.warnings():
+            print(f"carekit: warning: {warning}", file=sys.stderr)
+    if a.system:
+        print(system.report(a.device, a.precision or "auto"))
 
 
 def run_demo(a: argparse.Namespace) -> None:

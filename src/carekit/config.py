@@ -19,6 +19,7 @@ from carekit.registry import mode_of
 FORMAT_VERSION = 1
 LOSSES = ("mae", "mse")
 SCHEDULES = ("plateau", "cosine")
+INITS = ("pretrained", "scratch")
 
 
 def require(ok: bool, message: str) -> None:
@@ -122,6 +123,9 @@ class TrainConfig:
     without validation improvement; ``"cosine"`` decays it smoothly to zero over the
     run (over the time budget, when one is given).
 
+    ``init``: ``"pretrained"`` starts from the generic network shipped with carekit where the mode
+    and network have one (see :mod:`carekit.pretrained`), ``"scratch"`` from random weights.
+
     ``ema``: where above 0, the weights validated and saved are an exponential moving
     average of the trained ones with this decay per step; off by default (on the demo data it
     cost 0.11 dB at 10 photons and 0.17 dB at 100). ``intensity_jitter``: normalise training
@@ -146,6 +150,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     precision: str = "auto"
+    init: str = "pretrained"
 
     def __post_init__(self) -> None:
         if self.patch_size is not None:
@@ -177,6 +182,7 @@ class TrainConfig:
         require(self.validation_patches >= 0, "validation patches must be >= 0")
         require(0 <= self.background_threshold < 1, "background threshold must be in [0, 1)")
         require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}")
+        require(self.init in INITS, f"init '{self.init}' is unknown; use one of {', '.join(INITS)}")
         if self.patch_size is not None:
             require(all(p >= 1 for p in self.patch_size), f"patch size must be positive, got {self.patch_size}")
 
@@ -194,8 +200,9 @@ FIELD_HELP = {
     "ema": "save a running average of the weights, this decay per step (0: off)",
     "intensity_jitter": "normalise patches with random percentiles (default: with the residual, else 2 and 99.8)",
     "validation_fraction": "share of the pixels held out for validation (default 0.1)",
+    "init": "start from carekit's pre-trained network where there is one (default), or from scratch",
 }
-FIELD_CHOICES = {"loss": LOSSES, "lr_schedule": SCHEDULES, "precision": PRECISIONS}
+FIELD_CHOICES = {"loss": LOSSES, "lr_schedule": SCHEDULES, "precision": PRECISIONS, "init": INITS}
 
 
 @dataclass
@@ -215,6 +222,7 @@ class Config:
     projection: Any = None
     synthetic: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None  # the network against the best simple filter (carekit.margin)
 
     def __post_init__(self) -> None:
         kind = mode_of(self.mode)

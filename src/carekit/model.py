@@ -16,9 +16,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from carekit import threads
 from carekit.axes import Layout, check_axes, to_net
+from carekit.baselines import describe_margin
 from carekit.config import Config
-from carekit.engine import Engine, choose_engine
+from carekit.engine import Engine, Probe, choose_engine
 from carekit.errors import CarekitError
 from carekit.io import check_finite, read_json, write_atomic, write_json
 from carekit.nets import packaged
@@ -124,7 +126,13 @@ class CARE:
             f"{'residual' if self.net.residual else 'no residual'}, "
             f"{c.n_channel_in} -> {c.n_channel_out} channel(s); {count_parameters(self.net):,} parameters; "
             f"receptive-field halo {self.net.halo()} px; trained on axes {c.axes}"
+            + (f"; {margin}" if (margin := describe_margin(c.baseline)[0]) else "")
         )
+
+    def warnings(self) -> list[str]:
+        """What a user should know before trusting this model (e.g. it does not beat a simple filter)."""
+        warning = describe_margin(self.config.baseline)[1]
+        return [warning] if warning else []
 
     def __repr__(self) -> str:
         return f"<{self.summary()}>"
@@ -142,8 +150,12 @@ class CARE:
         return axes[:first] + "C" + axes[first:]
 
     # -- the network --------------------------------------------------------------
+    def probe(self, train: bool = False) -> Probe:
+        """The network on a small input, to time where the CPU's flags leave the precision open."""
+        return Probe(self.net, self.net.example_shape(), train)
+
     def engine(self, device: str = "auto", precision: str | None = None) -> Engine:
-        engine = choose_engine(device, precision or self.config.train.precision)
+        engine = choose_engine(device, precision or self.config.train.precision, self.probe())
         if engine != self._engine:
             self.net = engine.prepare(self.net.eval())
             self._engine = engine
@@ -216,7 +228,8 @@ class CARE:
         x, layout = self.network_input(image, axes, self.fold_spatial or self.config.spatial)
         engine = self.engine(device, precision)
         lo, hi = percentiles(x, PREDICT_PERCENTILES, engine.device)
-        y = self.network_pass(x, lo, hi, Run(engine, n_tiles, memory, progress, tta), **options)
+        with threads.scope(window=3, shared_cores=True):  # every core, tuned batch by batch
+            y = self.network_pass(x, lo, hi, Run(engine, n_tiles, memory, progress, tta), **options)
         lo, hi = (v.reshape(*v.shape[:2], *(1,) * (y.ndim - 2)) for v in (lo, hi))
         mean, scale = self.to_intensities(y, lo, hi)
         spatial = self.result_spatial or layout.spatial

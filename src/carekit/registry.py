@@ -58,6 +58,7 @@ class Mode:
     sampler_options: dict | None = None  # keywords of its patch sampler (e.g. no rotations)
     options: tuple[Option, ...] = ()  # its options of 'carekit train'
     supports: frozenset[str] = frozenset({"tiling", "uncertainty"})  # which FEATURES
+    warm_start: str | None = None  # the shipped pretrained network family it starts from (carekit.pretrained)
 
     def __post_init__(self) -> None:
         unknown = set(self.supports) - set(FEATURES)

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 from tqdm.auto import tqdm
 
+from carekit import threads
 from carekit.engine import Engine
+from carekit.hardware import available_memory
 
 DEFAULT_MEMORY = 1536 * 2**20  # bytes of activations per batch of windows: the least default
 CPU_SHARE = 0.25  # on CPU: this share of the available memory ...
@@ -28,56 +29,6 @@ CPU_MAX_MEMORY = 5 * 2**30  # ... up to this many bytes
 GPU_SHARE = 0.25  # on CUDA: this share of the GPU's free memory ...
 GPU_MAX_MEMORY = 8 * 2**30  # ... up to this many bytes
 MAX_BATCH = 16
-
-
-CGROUP_MEMORY = {"v2": ("memory.max", "memory.current"), "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes")}
-UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
-
-
-def cgroup_headroom(root: Path, membership: str) -> int | None:
-    """Bytes left under the tightest memory limit of the cgroups in ``membership`` and their parents.
-
-    ``membership`` is ``/proc/self/cgroup``; ``root`` where the hierarchies are mounted (cgroup v2
-    at the root or under ``unified``, v1's memory controller under ``memory``). None: no limit.
-    """
-    headroom = None
-    for line in membership.splitlines():
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            version, base = "v2", root if (root / "cgroup.controllers").exists() else root / "unified"
-        elif "memory" in controllers.split(","):
-            version, base = "v1", root / "memory"
-        else:
-            continue
-        limit_file, usage_file = CGROUP_MEMORY[version]
-        folder = base / path.strip("/")
-        for d in (folder, *folder.parents):
-            try:
-                limit = (d / limit_file).read_text().strip()
-                limited = limit != "max" and int(limit) < UNLIMITED
-                left = max(0, int(limit) - int((d / usage_file).read_text())) if limited else None
-            except (OSError, ValueError):
-                left = None
-            if left is not None:
-                headroom = left if headroom is None else min(headroom, left)
-            if d == base:
-                break
-    return headroom
-
-
-def available_memory(root: Path = Path("/sys/fs/cgroup"), membership: str | None = None) -> int:
-    """Bytes this process can still allocate: the system's available memory, within its cgroups' limits.
-
-    A job on a shared cluster node sees the whole node's free memory but may use only its own limit.
-    """
-    free = psutil.virtual_memory().available
-    if membership is None:
-        try:
-            membership = Path("/proc/self/cgroup").read_text()
-        except OSError:
-            return free
-    headroom = cgroup_headroom(root, membership)
-    return free if headroom is None else min(free, headroom)
 
 
 def default_memory(engine: Engine, host_arrays: int = 0) -> int:
@@ -190,6 +141,7 @@ def predict_tiled(forward: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray
     bar = tqdm(batches, desc="predict", unit="batch", disable=not progress or len(batches) < 2, leave=False)
     with torch.inference_mode():
         for b in bar:
+            started = time.perf_counter()
             chunk = jobs[b : b + per_batch]
             windows = np.stack(
                 [
@@ -206,5 +158,6 @@ def predict_tiled(forward: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray
                 dst = (i, slice(None), *(slice(s.core_start, s.core_stop) for s in combo))
                 src = (slice(None), *(slice(s.core_start - s.start, s.core_stop - s.start) for s in combo))
                 out[dst] = r[src]
+            threads.report(time.perf_counter() - started)
     assert out is not None
     return out[(slice(None), slice(None), *(slice(0, s) for s in shape))]

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from carekit import threads
 from carekit.engine import Engine
 from carekit.errors import CarekitError
 from carekit.figures import training_curve
@@ -126,6 +127,23 @@ class ProgressBar(Callback):
 
     def on_finish(self, trainer: Trainer) -> None:
         self.bar.close()
+
+
+class ThreadTuning(Callback):
+    """Reports each step's duration to the thread tuner of :mod:`carekit.threads` (the time between two
+    steps; an epoch's validation and checkpoint are not counted)."""
+
+    def __init__(self) -> None:
+        self.last = None
+
+    def on_step(self, trainer: Trainer, step: int, loss: float) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            threads.report(now - self.last)
+        self.last = now
+
+    def on_epoch(self, trainer: Trainer, row: dict) -> None:
+        self.last = None
 
 
 class Prefetcher:
@@ -266,45 +284,50 @@ class Trainer:
 
         ``progress`` shows a :class:`ProgressBar` (one more callback) during this run.
         """
-        t = self.config.train
         if resume:
             self.load_checkpoint()
         callbacks = self.callbacks
         self.callbacks = [*callbacks, ProgressBar()] if progress else callbacks
+        with threads.scope(), reuse_freed_memory():  # threads for the free cores; heap kept for every step
+            self.callbacks.append(ThreadTuning())
+            self.loop(time_budget)
+        self.finish()
+        self.callbacks = callbacks
+        return self.history
+
+    def loop(self, time_budget: float | None) -> None:
+        """Epochs until the configured number, the time budget or a stop request."""
+        t = self.config.train
         start, steps = time.monotonic(), self.epoch * t.steps_per_epoch
         spent = self.history[-1]["seconds"] if self.history else 0.0
         self.announce("on_start")
         self.net.train()
-        with reuse_freed_memory():  # large tensors of every step come back from the heap
-            try:
-                out_of_time = False
-                while self.epoch < t.epochs and not out_of_time and not self.stopping.is_set():
-                    losses = []
-                    feed = Prefetcher(self.sampler.batches([t.seed, self.epoch], t.steps_per_epoch, t.batch_size))
-                    try:
-                        for batch in feed:
-                            if t.lr_schedule == "cosine":
-                                done = (self.epoch * t.steps_per_epoch + len(losses)) / (t.epochs * t.steps_per_epoch)
-                                if time_budget:
-                                    done = max(done, (time.monotonic() - start) / time_budget)
-                                self.set_lr(t.learning_rate * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
-                            losses.append(self.step(*batch))
-                            steps += 1
-                            self.announce("on_step", steps, losses[-1])
-                            out_of_time = time_budget is not None and time.monotonic() - start >= time_budget
-                            if out_of_time or self.stopping.is_set():
-                                break
-                    finally:
-                        feed.close()
-                    self.end_epoch(losses, spent + time.monotonic() - start)
-            except KeyboardInterrupt:
-                raise CarekitError(
-                    f"training interrupted after epoch {self.epoch}; the best model is in {self.dir}, "
-                    "continue with --resume"
-                ) from None
-        self.finish()
-        self.callbacks = callbacks
-        return self.history
+        try:
+            out_of_time = False
+            while self.epoch < t.epochs and not out_of_time and not self.stopping.is_set():
+                losses = []
+                feed = Prefetcher(self.sampler.batches([t.seed, self.epoch], t.steps_per_epoch, t.batch_size))
+                try:
+                    for batch in feed:
+                        if t.lr_schedule == "cosine":
+                            done = (self.epoch * t.steps_per_epoch + len(losses)) / (t.epochs * t.steps_per_epoch)
+                            if time_budget:
+                                done = max(done, (time.monotonic() - start) / time_budget)
+                            self.set_lr(t.learning_rate * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
+                        losses.append(self.step(*batch))
+                        steps += 1
+                        self.announce("on_step", steps, losses[-1])
+                        out_of_time = time_budget is not None and time.monotonic() - start >= time_budget
+                        if out_of_time or self.stopping.is_set():
+                            break
+                finally:
+                    feed.close()
+                self.end_epoch(losses, spent + time.monotonic() - start)
+        except KeyboardInterrupt:
+            raise CarekitError(
+                f"training interrupted after epoch {self.epoch}; the best model is in {self.dir}, "
+                "continue with --resume"
+            ) from None
 
     def announce(self, event: str, *args) -> None:
         for callback in self.callbacks:

@@ -21,13 +21,15 @@ from carekit.data.pairs import ImagePair
 from carekit.engine import choose_engine
 from carekit.errors import CarekitError
 from carekit.io import prepare_output, read_json, write_json
+from carekit.margin import Margin
 from carekit.metrics import decibels, fitted_error
 from carekit.model import CARE, CONFIG, LAST, WEIGHTS, build_net
+from carekit.pretrained import warm_start
 from carekit.registry import Mode, TrainingData, mode_of
 from carekit.sampling import PatchSampler
 from carekit.trainer import Callback, Loss, Sampler, Trainer
 
-RUN_OPTIONS = ("time_budget", "device", "progress", "callbacks", "init", "stop", "loss")  # fit's keywords
+RUN_OPTIONS = ("time_budget", "device", "progress", "callbacks", "initialize", "stop", "loss")  # fit's keywords
 NET_FIELDS = set(NetConfig.__dataclass_fields__)
 TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)
 
@@ -96,7 +98,7 @@ def train_mode(kind: Mode, model_dir: str | Path, inputs: dict, *, resume: bool 
     """The training outline of every mode: ``inputs`` (the mode's, by name) into a model in ``model_dir``.
 
     ``settings`` hold the options of :func:`fit` (``time_budget``, ``device``, ``progress``,
-    ``callbacks``, ``init``, ``stop``, ``loss``), :class:`~carekit.config.NetConfig` and
+    ``callbacks``, ``initialize``, ``stop``, ``loss``), :class:`~carekit.config.NetConfig` and
     :class:`~carekit.config.TrainConfig` fields and the mode's own settings.
     """
     run = {k: settings.pop(k) for k in RUN_OPTIONS if k in settings}
@@ -130,13 +132,14 @@ def settle(config: Config, pairs: list[ImagePair]) -> None:
 
 def fit(sampler: Sampler, config: Config, model_dir: str | Path, *, loss: Loss | None = None, resume: bool = False,
         time_budget: float | None = None, device: str = "auto", progress: bool = True,
-        callbacks: Sequence[Callback] = (), init: Callable[[CARE], None] | None = None,
+        callbacks: Sequence[Callback] = (), initialize: Callable[[CARE], None] | None = None,
         stop: threading.Event | None = None) -> CARE:  # fmt: skip
     """Train ``config``'s network on ``sampler``'s batches into ``model_dir`` and return the best model.
 
     ``loss`` defaults to the configuration's; ``callbacks`` are told of the start, every step, every
-    epoch and the end (a progress bar joins them unless ``progress`` is False); ``init`` is called
-    with the freshly built model (e.g. to load pretrained weights; not on ``resume``); setting
+    epoch and the end (a progress bar joins them unless ``progress`` is False); ``initialize`` is
+    called with the freshly built model instead of the warm start from carekit's pretrained network
+    (:func:`carekit.pretrained.warm_start`; neither on ``resume``); setting
     ``stop`` from another thread ends training cleanly, keeping the best weights.
     """
     model_dir = Path(model_dir)
@@ -144,9 +147,10 @@ def fit(sampler: Sampler, config: Config, model_dir: str | Path, *, loss: Loss |
     prepare_output(model_dir / WEIGHTS, role="--model")
     torch.manual_seed(config.train.seed)
     care = mode_of(config.mode).model(config, build_net(config), model_dir)
-    if init is not None and not resume:
-        init(care)
+    if not resume:  # the pretrained start, unless the caller brings its own or training.init is "scratch"
+        (initialize or warm_start)(care)
     write_json(model_dir / CONFIG, config.to_dict())
-    trainer = Trainer(care, sampler, model_dir, choose_engine(device, config.train.precision), loss, callbacks, stop)
+    engine = choose_engine(device, config.train.precision, care.probe(train=True))
+    trainer = Trainer(care, sampler, model_dir, engine, loss, [*callbacks, Margin()], stop)
     trainer.run(time_budget=time_budget, resume=resume, progress=progress)
     return CARE.load(model_dir)

@@ -50,6 +50,11 @@ class ProjectionNet(nn.Module):
         height = (w * z).sum(dim=2)  # expected z of the surface
         return torch.cat([out.float(), height], dim=1)
 
+    def example_shape(self) -> tuple[int, ...]:
+        """A small input to time: 16 slices of the restoration network's example."""
+        lateral = [-(-e // g) * g for e, g in zip(self.restore.example_shape()[2:], self.divisor(), strict=True)]
+        return (1, self.project.in_channels, 16, *lateral)
+
     def divisor(self) -> tuple[int, int]:
         a, b = self.project.divisor()[1:], self.restore.divisor()
         return tuple(max(p, q) for p, q in zip(a, b, strict=True))
