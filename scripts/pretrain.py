@@ -29,10 +29,19 @@ from carekit.config import Config
 from carekit.data import corpus
 from carekit.data.pairs import ImagePair
 from carekit.sampling import PatchSampler
+from carekit.trainer import Callback
 from carekit.training import fit
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "carekit" / "pretrained"
 SHAPES = {2: (128, 128), 3: (32, 96, 96)}
+
+
+class Report(Callback):
+    """One line per epoch (the progress bar only on a terminal)."""
+
+    def on_epoch(self, trainer, row: dict) -> None:
+        print(f"epoch {row['epoch']}: loss {row['loss']:.4f}, validation {row['val_loss']:.4f}, "
+              f"{row['seconds']:.0f} s", flush=True)  # fmt: skip
 
 
 def make_pairs(ndim: int, n: int, seed: int) -> list[ImagePair]:
@@ -67,12 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     t = config.train
     sampler = PatchSampler(pairs, t.patch_size, val_fraction=0.02, threshold=0.0, jitter=False)
     with tempfile.TemporaryDirectory() as d:
-        model = fit(sampler, config, Path(d) / "m", progress=True)
+        model = fit(sampler, config, Path(d) / "m", progress=sys.stderr.isatty(), callbacks=[Report()])
         history = (Path(d) / "m" / "history.csv").read_text().splitlines()
     tensors = {k: v.to(torch.float16) for k, v in model.net.state_dict().items() if v.is_floating_point()}
     tensors.update({k: v for k, v in model.net.state_dict().items() if not v.is_floating_point()})
     a.out.mkdir(parents=True, exist_ok=True)
-    name = f"denoise-{a.ndim}d"
+    name = f"denoise-{a.ndim}d" + ("-residual" if a.residual else "") + ("" if a.batch_norm else "-nobn")
     save_file(tensors, str(a.out / f"{name}.safetensors"))
     assert set(load_file(str(a.out / f"{name}.safetensors"))) == set(model.net.state_dict())
     network = ("depth", "n_first", "kernel_size", "n_conv", "residual", "batch_norm")

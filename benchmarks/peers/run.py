@@ -25,9 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import envs
 import report
 import workloads
+from cpulock import cpu_lock
 from workloads import Job
 
 HERE = Path(__file__).resolve().parent
@@ -52,6 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma list of tools (default all)")
     ap.add_argument("--budget", type=float, default=240.0, help="training seconds per tool in the quality runs")
     ap.add_argument("--photons", default="10,100", help="peak photon levels of the quality data (comma list)")
+    ap.add_argument("--carekit-budgets", default="30,45,60,90",
+                    help="carekit also trains for these seconds: its time to reach each peer's quality")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="tiny sizes and a few steps (smoke test)")
     ap.add_argument("--venvs", type=Path, default=envs.DEFAULT_VENVS, help="where the peers' venvs live")
     ap.add_argument("--here", action="store_true", help="run every tool in this Python (no venvs)")
@@ -60,6 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.only = choices(a.only or list(WORKLOADS), WORKLOADS, "workload")
     a.tools = choices([a.tools], TOOLS, "tool")
     a.photons = [float(p) for p in a.photons.split(",")]
+    a.carekit_budgets = tuple(float(b) for b in a.carekit_budgets.split(",") if b.strip())
     if a.quick:
         a.budget = min(a.budget, 10.0)
     return a
@@ -105,7 +110,7 @@ def plan(a: argparse.Namespace, folder: Path) -> tuple[list[Job], list[workloads
     data = []
     if "quality" in a.only:
         data = [workloads.quality_data(p, folder) for p in a.photons]
-        jobs += workloads.quality_jobs(a.tools, data, a.budget, folder)
+        jobs += workloads.quality_jobs(a.tools, data, a.budget, folder, () if a.quick else a.carekit_budgets)
     return jobs, data
 
 
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     pythons = {t: Path(sys.executable) for t in a.tools} if a.here else envs.ensure(a.tools, a.venvs)
     warn_if_busy()
-    with tempfile.TemporaryDirectory(prefix="carekit-peers-") as d:
+    with tempfile.TemporaryDirectory(prefix="carekit-peers-") as d, cpu_lock(exclusive=True):
         folder = Path(d)
         jobs, data = plan(a, folder)
         print(f"{len(jobs)} jobs, one at a time; workers' logs in {folder}", flush=True)

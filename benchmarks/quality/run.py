@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(1, str(Path(__file__).parents[1]))
 import truths
 import variants
-from cpulock import cpu_lock
+from cpulock import cpu_lock, pausable
 
 import carekit
 import carekit.trainer
@@ -192,7 +192,7 @@ def run_one(ds: truths.Dataset, variant: str, photons: float, a) -> dict:
     base = baselines(ds.name, stack(test_low), truth, photons, a.read_noise, a.seed)
     pairs = (train_low, [t.astype(np.float32) for t in ds.train])
     rate = rate_of(variant, settings, ds, pairs, axes) if a.clock == "steps" else None
-    with tempfile.TemporaryDirectory() as d, cpu_lock(exclusive=a.clock == "wall"):
+    with tempfile.TemporaryDirectory() as d, cpu_lock(exclusive=True) if rate is None else pausable():
         if rate is not None:
             with virtual_time(rate) as ticks:
                 model, steps, seconds = fit(pairs, axes, settings, a.budget, Path(d) / "m", ticks)
@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=truths.DATA)
     ap.add_argument("--name", default=None)
     ap.add_argument("--lodo", nargs="+", metavar="RESULTS.json")
+    ap.add_argument("--baselines-only", action="store_true", help="only compute (and cache) the baselines")
     a = ap.parse_args(argv)
     if a.lodo:
         print(lodo(a.lodo))
@@ -296,6 +297,12 @@ def main(argv: list[str] | None = None) -> None:
     for photons in [float(p) for p in a.photons.split(",")]:
         for ds_name in names:
             ds = truths.load(ds_name, a.data)
+            if a.baselines_only:
+                test_low = degrade(ds.test, photons, a.read_noise, a.seed + 1000)
+                with pausable():
+                    base = baselines(ds.name, stack(test_low), stack(ds.test), photons, a.read_noise, a.seed)
+                print(ds_name, photons, {k: base[k] for k in ("input", "best_classical")}, flush=True)
+                continue
             for variant in a.variants.split(","):
                 if any(r["dataset"] == ds_name and r["variant"] == variant and r["photons"] == photons for r in done):
                     continue

@@ -1,6 +1,6 @@
 """The generic networks carekit ships, and the warm start that fine-tunes from them.
 
-``carekit/pretrained/denoise-2d.safetensors`` and ``denoise-3d.safetensors`` hold U-Nets trained by
+``carekit/pretrained/denoise-2d*.safetensors`` and ``denoise-3d*.safetensors`` hold U-Nets trained by
 ``scripts/pretrain.py`` on a broad synthetic corpus (``carekit.data.corpus``) across noise levels;
 the JSON beside each records its network, corpus and training. A new model of a mode that declares
 ``warm_start`` starts from the one whose network matches its own (dimensions, depth, features,
@@ -56,7 +56,8 @@ def matching(care: CARE, family: str) -> dict | None:
         return None
     wanted = {k: getattr(n, k) for k in SIGNATURE}
     for entry in catalogue():
-        if entry["name"] == f"{family}-{net.ndim}d" and {k: entry["network"][k] for k in SIGNATURE} == wanted:
+        named = entry["name"].split(".")[0].startswith(f"{family}-{net.ndim}d")
+        if named and {k: entry["network"][k] for k in SIGNATURE} == wanted:
             return entry
     return None
 
