@@ -13,10 +13,10 @@ that score best against the truth (an upper bound for them, cached per dataset a
 are the paper's (``carekit.metrics.evaluate``), averaged over 2D planes.
 
 ``--clock steps`` (the default) runs every training on a virtual clock: each optimizer step costs
-``1 / rate`` seconds, where ``rate`` is the variant's steps per second on this CPU, measured once
-in a real 20-second run (with the CPU lock held) and cached. Results then depend on the budget,
-not on what else the machine is doing, and are reproducible to the step. ``--clock wall`` trains
-on real time.
+``1 / rate`` seconds, where ``rate`` is the steps per second of the variant's network and batch on
+this CPU, measured once in a real 20-second run (with the CPU lock held) and cached; validation
+is not charged. Results then depend on the budget, not on what else the machine is doing, and are
+reproducible to the step. ``--clock wall`` trains on real time.
 
 ``--lodo`` reads result files and chooses a variant for each dataset from the *other* datasets
 (highest mean margin over the best classical filter), then shows how that choice does on the
@@ -32,6 +32,7 @@ import platform
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -150,10 +151,7 @@ def virtual_time(rate: float):
     clock = StepClock(rate)
     original = carekit.trainer.time
 
-    class Time:
-        monotonic = staticmethod(clock.monotonic)
-
-    carekit.trainer.time = Time
+    carekit.trainer.time = types.SimpleNamespace(**{**vars(time), "monotonic": clock.monotonic})
     try:
         yield [Ticks(clock)]
     finally:
@@ -169,9 +167,26 @@ def fit(pairs, axes: str, settings: dict, budget: float, folder: Path, callbacks
     return model, steps, time.monotonic() - start
 
 
-def rate_of(variant: str, settings: dict, ds: truths.Dataset, pairs, axes: str) -> float:
-    """Training steps per second of ``variant`` on this CPU (measured once with the CPU lock, cached)."""
-    key = f"{cpu_name()}|{torch.__version__}|{variant}|{json.dumps(settings, sort_keys=True)}|{ds.ndim}D"
+SPEED_FIELDS = ("depth", "n_first", "kernel_size", "n_conv", "batch_norm", "batch_size", "patch_size", "precision")
+
+
+def speed_key(settings: dict, ndim: int) -> str:
+    """What sets the cost of a training step: the network, the batch and the precision (not the data,
+    the schedule or how often validation runs)."""
+    from carekit.config import Config
+    from carekit.training import make_config
+
+    config = make_config("ZYX" if ndim == 3 else "YX", (1, 1), {k: v for k, v in settings.items() if k != "init"})
+    config = Config.from_dict(config.to_dict())
+    merged = {**vars(config.net), **vars(config.train)}
+    return json.dumps({k: merged[k] for k in SPEED_FIELDS}, sort_keys=True, default=list)
+
+
+def rate_of(settings: dict, ds: truths.Dataset, pairs, axes: str) -> float:
+    """Optimizer steps per second of this network and batch on this CPU, measured once in a real
+    20-second training run with the CPU lock held, and cached. Every variant with the same network and
+    batch gets the same rate, so equal budgets mean equal optimizer steps."""
+    key = f"{cpu_name()}|{torch.__version__}|{ds.ndim}D|{speed_key(settings, ds.ndim)}"
     rates = read_json(RATES)
     if key not in rates:
         with cpu_lock(exclusive=True), tempfile.TemporaryDirectory() as d:
@@ -191,7 +206,7 @@ def run_one(ds: truths.Dataset, variant: str, photons: float, a) -> dict:
     truth = stack(ds.test)
     base = baselines(ds.name, stack(test_low), truth, photons, a.read_noise, a.seed)
     pairs = (train_low, [t.astype(np.float32) for t in ds.train])
-    rate = rate_of(variant, settings, ds, pairs, axes) if a.clock == "steps" else None
+    rate = rate_of(settings, ds, pairs, axes) if a.clock == "steps" else None
     with tempfile.TemporaryDirectory() as d, cpu_lock(exclusive=True) if rate is None else pausable():
         if rate is not None:
             with virtual_time(rate) as ticks:
