@@ -23,6 +23,7 @@ from carekit.napari.layers import infer_axes, layer_array
 from carekit.registry import Option
 
 FROM_FILES = "file(s) or folder…"  # the last entry of a source's layer list
+NONE = "(none)"  # the first entry of an optional source's list
 
 
 def destination(option: Option) -> str:
@@ -35,24 +36,29 @@ def label(name: str) -> str:
 
 
 class ImageLayers(QComboBox):
-    """The viewer's image layers by name, refreshed when layers come and go and when opened."""
+    """The viewer's image layers by name between ``leading`` and ``trailing`` entries, refreshed when
+    layers come and go and when opened; at first the layer at ``default`` (None: the first entry)."""
 
-    def __init__(self, viewer, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, viewer, leading: tuple[str, ...] = (), trailing: tuple[str, ...] = (),
+                 default: int | None = 0) -> None:  # fmt: skip
         super().__init__()
-        self.viewer, self.extra = viewer, extra
+        self.viewer, self.leading, self.trailing, self.default = viewer, leading, trailing, default
         self.refresh()
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self.refresh)
 
     def refresh(self, *_) -> None:
+        """List the layers again, keeping the choice (a change of choice is announced once)."""
         current = self.currentText()
+        layers = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+        names = [*self.leading, *layers, *self.trailing]
+        first = len(self.leading) + self.default if self.default is not None and self.default < len(layers) else 0
         self.blockSignals(True)
         self.clear()
-        self.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, Image)] + list(self.extra))
+        self.addItems(names)
+        self.setCurrentIndex(names.index(current) if current in names else first)
         self.blockSignals(False)
-        index = self.findText(current)
-        self.setCurrentIndex(index if index >= 0 else 0)
-        if index < 0 or current != self.currentText():
+        if self.currentText() != current:
             self.currentTextChanged.emit(self.currentText())
 
     def showPopup(self) -> None:
@@ -69,10 +75,10 @@ class SourceField(QWidget):
 
     layer_changed = Signal(object)
 
-    def __init__(self, viewer, name: str, many: bool = False) -> None:
+    def __init__(self, viewer, name: str, many: bool = False, default: int | None = 0) -> None:
         super().__init__()
         self.name, self.many = name, many
-        self.layers = ImageLayers(viewer, (FROM_FILES,))
+        self.layers = ImageLayers(viewer, () if default is not None else (NONE,), (FROM_FILES,), default)
         self.path = QLineEdit(placeholderText="path(s) to TIFF file(s) or a folder")
         browse = QPushButton("…", maximumWidth=30, toolTip="choose a file")
         browse.clicked.connect(self.browse)
@@ -101,6 +107,8 @@ class SourceField(QWidget):
         layer = self.layers.layer()
         if layer is not None:
             return layer_array(layer)
+        if self.layers.currentText() == NONE:
+            return None
         paths = [p.strip() for p in self.path.text().split(";") if p.strip()]
         if not paths:
             return None
@@ -172,8 +180,9 @@ def ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
 
 
-def option_field(option: Option, viewer):
-    """The field for a mode's option: its choices, its type, a checkbox for a switch, the axes, else an image."""
+def option_field(option: Option, viewer, position: int | None = None):
+    """The field for a mode's option: its choices, its type, a checkbox for a switch, the axes, else an image:
+    the image layer at ``position`` for an input (the first input the first layer, ...), none for a setting."""
     name, kw = destination(option), option.kwargs
     if name == "axes":
         field = AxesField()
@@ -184,7 +193,7 @@ def option_field(option: Option, viewer):
     elif "type" in kw:
         field = TextField(name, kw["type"], kw.get("metavar", kw["type"].__name__))
     else:
-        field = SourceField(viewer, name, many=kw.get("nargs") in ("+", "*"))
+        field = SourceField(viewer, name, many=kw.get("nargs") in ("+", "*"), default=position)
     field.setToolTip(option.help)
     return field
 

@@ -91,7 +91,8 @@ def restoration_layers(restored: Restored, name: str, translate: dict[str, float
 
 
 def trust_style(values: np.ndarray, visible: bool) -> dict:
-    """Colour-map an uncertainty map from 0 to its 99.5th percentile, added onto the layers below."""
-    top = float(np.percentile(values, 99.5)) if values.size else 1.0
-    return {"colormap": TRUST_COLORMAP, "blending": "additive", "contrast_limits": (0.0, max(top, 1e-6)),
+    """Colour-map an uncertainty map over its 1st to 99.5th percentile (the least trusted pixels of the
+    image brightest, whatever the map's overall level), added onto the layers below."""
+    low, high = (float(v) for v in np.percentile(values, (1, 99.5))) if values.size else (0.0, 1.0)
+    return {"colormap": TRUST_COLORMAP, "blending": "additive", "contrast_limits": (low, max(high, low + 1e-6)),
             "opacity": 0.8, "visible": visible}  # fmt: skip

@@ -50,6 +50,10 @@ class LossPlot(FigureCanvasQTAgg):
     def redraw(self) -> None:
         self.train.set_data(self.steps, self.losses)
         self.val.set_data(self.epochs, self.val_losses)
-        self.axes.relim()
-        self.axes.autoscale_view()
+        if self.steps:
+            self.axes.relim()
+            self.axes.autoscale_view()
+        else:  # an empty plot: steps and losses to come
+            self.axes.set_xlim(0, 100)
+            self.axes.set_ylim(0, 1)
         self.draw_idle()

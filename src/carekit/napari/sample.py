@@ -16,8 +16,8 @@ def nuclei_pair() -> list[tuple]:
     """Denoising pairs: 40 slices at a few photons per pixel and the same slices at high SNR."""
     truth, noisy = make_data()
     style = {"scale": SPACING, "metadata": {"axes": "ZYX"}}
-    return [(truth, {"name": "nuclei high SNR", **style, "visible": False}, "image"),
-            (noisy, {"name": f"nuclei low SNR ({PEAK_PHOTONS:g} photons)", **style}, "image")]  # fmt: skip
+    return [(noisy, {"name": f"nuclei low SNR ({PEAK_PHOTONS:g} photons)", **style}, "image"),
+            (truth, {"name": "nuclei high SNR", **style, "visible": False}, "image")]  # fmt: skip
 
 
 def nuclei_anisotropic() -> list[tuple]:

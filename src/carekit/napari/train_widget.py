@@ -58,7 +58,6 @@ class TrainWidget(QWidget):
         self.inputs_box, self.options_box = QGroupBox("Inputs"), QCollapsible("Mode options")
         self.options_holder = QWidget()
         self.options_box.addWidget(self.options_holder)
-        self.options_box.expand(animate=False)
         self.inputs: dict = {}
         self.options: dict = {}
 
@@ -129,7 +128,9 @@ class TrainWidget(QWidget):
         inputs, options = QFormLayout(), QFormLayout()
         for option in kind.options:
             name = forms.destination(option)
-            field = forms.option_field(option, self.viewer)
+            sources = sum(isinstance(f, forms.SourceField) for f in self.inputs.values())
+            position = sources if name in kind.inputs else None  # the n-th image input: the n-th layer
+            field = forms.option_field(option, self.viewer, position)
             (self.inputs if name in kind.inputs else self.options)[name] = field
             (inputs if name in kind.inputs else options).addRow(forms.label(name), field)
         sources = [f for f in self.inputs.values() if isinstance(f, forms.SourceField)]

@@ -39,7 +39,7 @@ class TrustWidget(QWidget):
         super().__init__()
         self.viewer, self.job = napari_viewer, None
         self.model = ModelField(packages=False)
-        self.low, self.high = forms.ImageLayers(napari_viewer), forms.ImageLayers(napari_viewer)
+        self.low, self.high = forms.ImageLayers(napari_viewer), forms.ImageLayers(napari_viewer, default=1)
         self.axes = forms.AxesField()
         self.low.currentTextChanged.connect(lambda *_: self.axes.follow(self.low.layer()))
         self.axes.follow(self.low.layer())
@@ -50,8 +50,7 @@ class TrustWidget(QWidget):
 
         package_row, self.package = forms.folder_field("MODEL.zip to write", self.pick_package)
         self.name, self.author = QLineEdit(placeholderText="from the folder name"), QLineEdit(placeholderText="you")
-        self.sample = forms.ImageLayers(napari_viewer, (SHIPPED,))
-        self.sample.setCurrentText(SHIPPED)
+        self.sample = forms.ImageLayers(napari_viewer, (SHIPPED,), default=None)
         self.sample_axes = forms.AxesField()
         self.sample.currentTextChanged.connect(lambda *_: self.sample_axes.follow(self.sample.layer()))
         self.export_button = QPushButton("Export to bioimage.io")
