@@ -128,3 +128,14 @@ def test_export_errors(model2d, tmp_path, capsys):
     assert "--uncertainty" in error(["predict", "--model", str(package), "--input", str(tmp_path / "in.tif"),
                                      "--output", str(tmp_path / "o.tif"), "--uncertainty", str(tmp_path)])  # fmt: skip
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_predict_array_runs_a_package(model2d, package2d):
+    from carekit import app
+
+    fresh = noisy(blobs((70, 90), seed=31), seed=32)
+    restored = app.predict_array(package2d, fresh, "YX", spacing={"Y": 0.4, "X": 0.5})
+    assert restored.axes == "YX" and restored.spacing == {"Y": 0.4, "X": 0.5} and restored.distribution is None
+    assert relative_error(restored.mean, model2d.predict(fresh, "YX", precision="float32")) < 1e-3
+    with pytest.raises(carekit.CarekitError, match=r"tta need a carekit model folder, not a bioimage\.io package"):
+        app.predict_array(package2d, fresh, "YX", tta=True)

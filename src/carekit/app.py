@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from carekit.axes import to_net
+from carekit.axes import check_axes, to_net
 from carekit.bioimageio import export
 from carekit.chunked import restore_chunked
 from carekit.data.pairs import match_files
@@ -28,10 +29,12 @@ from carekit.modes import MODES
 from carekit.omezarr import is_zarr
 from carekit.package import Package, is_package
 from carekit.registry import mode_of, supporting
+from carekit.tiling import Progress
 from carekit.training import train_mode
+from carekit.uncertainty import Laplace, Mixture
 
-__all__ = ["MODES", "calibrate_files", "evaluate_files", "export", "export_folder", "load", "predict_files", "synth",
-           "train"]  # fmt: skip
+__all__ = ["MODES", "Restored", "calibrate_arrays", "calibrate_files", "evaluate_files", "export", "export_folder",
+           "load", "open_model", "predict_array", "predict_files", "synth", "train"]  # fmt: skip
 
 
 def train(mode: str, model_dir: str | Path, *, ensemble: int | None = None, **keywords) -> CARE | Ensemble:
@@ -54,7 +57,7 @@ def train(mode: str, model_dir: str | Path, *, ensemble: int | None = None, **ke
 
     if not ensemble:
         return train_one(model_dir)
-    run = {k: keywords.pop(k) for k in ("time_budget", "resume", "overwrite") if k in keywords}
+    run = {k: keywords.pop(k) for k in ("time_budget", "resume", "overwrite", "stop") if k in keywords}
     return train_ensemble(train_one, ensemble, model_dir, seed=keywords.pop("seed", 0), **run)
 
 
@@ -108,7 +111,76 @@ def predict_files(model: str | Path, source: str | Path, output: str | Path, *, 
     return written
 
 
-def restore(model, image: np.ndarray, axes: str, distribution: bool, progress: bool, options: dict) -> tuple:
+@dataclass
+class Restored:
+    """One image restored in memory: the mean in ``axes`` with voxel size ``spacing`` (per axis letter),
+    the mode's extra maps in the same axes (a projection's ``height``; a package's further outputs)
+    and, for probabilistic models and ensembles, the predicted distribution (intervals, samples,
+    disagreement: see :mod:`carekit.uncertainty`)."""
+
+    mean: np.ndarray
+    axes: str
+    spacing: dict[str, float] | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    distribution: Laplace | Mixture | None = None
+
+
+def open_model(model: str | Path | CARE | Ensemble | Package) -> CARE | Ensemble | Package:
+    """A model folder, ensemble folder or bioimage.io package, opened (opened ones pass through)."""
+    if isinstance(model, (str, Path)):
+        return Package(model) if is_package(model) else load(model)
+    return model
+
+
+def predict_array(model, image: np.ndarray, axes: str | None = None, *, spacing: dict[str, float] | None = None,
+                  distribution: bool | None = None, progress: Progress = False, stop: threading.Event | None = None,
+                  **options) -> Restored:  # fmt: skip
+    """Restore one in-memory ``image`` with a model folder, ensemble or bioimage.io package (a path or
+    :func:`open_model`'s result), tiled automatically.
+
+    ``axes`` default to the model's; ``spacing`` (voxel size per axis letter) comes back as the
+    result's. ``distribution`` None asks for it where the model is probabilistic. A callable
+    ``progress`` is told the fraction done (0 to 1) after every batch of tiles; setting ``stop``
+    cancels at the next batch (:class:`CarekitError`). ``options`` as for :func:`predict_files`.
+    """
+    model = open_model(model)
+    options = {k: v for k, v in options.items() if v not in (None, False)}
+    image = np.asarray(image)
+    if isinstance(model, Package):
+        if options or distribution:
+            raise CarekitError(f"{', '.join(options) or 'uncertainty'} need a carekit model folder, not a bioimage.io "
+                               "package")  # fmt: skip
+        outputs, out_axes = model.predict(image, check_axes(axes or model.spatial, image.ndim, what="image"))
+        ids = [spec.id for spec in model.outputs[1:]]
+        return Restored(outputs[0], out_axes, spacing, dict(zip(ids, outputs[1:], strict=True)))
+    axes = check_axes(axes or model.config.axes, image.ndim, what="image")
+    check_outputs(model, None, 0.5, None, 0, options)
+    if distribution is None:
+        distribution = getattr(model, "probabilistic", model.config.net.probabilistic)
+    passes = len(getattr(model, "members", [model])) * (8 if options.get("tta") else 1)
+    mean, dist, extra = restore(model, image, axes, distribution, fractions(progress, stop, passes), options)
+    return Restored(mean, model.output_axes(axes), model.output_spacing(spacing, options.get("factor")), extra, dist)
+
+
+def fractions(progress: Progress, stop: threading.Event | None, passes: int) -> Progress:
+    """Tiles' ``(done, total)`` over ``passes`` network passes as a callable ``progress``'s fraction done,
+    raising once ``stop`` is set."""
+    if not callable(progress) and stop is None:
+        return progress
+    finished = 0
+
+    def tick(done: int, total: int) -> None:
+        nonlocal finished
+        if stop is not None and stop.is_set():
+            raise CarekitError("prediction cancelled")
+        finished += done == total
+        if callable(progress):
+            progress(min(1.0, (finished + (done % total) / total) / passes))
+
+    return tick
+
+
+def restore(model, image: np.ndarray, axes: str, distribution: bool, progress: Progress, options: dict) -> tuple:
     """Mean, distribution (if asked) and the mode's extra maps, from one pass of the network."""
     if isinstance(model, CARE):
         result = model.prediction(image, axes, progress=progress, **options)
@@ -211,17 +283,28 @@ def calibrate_files(model_dir: str | Path, low: Sequence[str | Path], high: str 
     for low_file, high_file in match_files(low, high):
         images.append(read_with_axes(low_file, axes)[0])
         truths.append(read_with_axes(high_file, model.output_axes(axes))[0])
-    report = calibrate(model, images, truths, axes, **options)
-    reliability_diagram(report, Path(model_dir) / "reliability.png")
+    return calibrate_arrays(model, images, truths, axes, **options)
+
+
+def calibrate_arrays(model: str | Path | CARE | Ensemble, images: Sequence[np.ndarray], truths: Sequence[np.ndarray],
+                     axes: str | None = None, **options) -> dict:  # fmt: skip
+    """Recalibrate a probabilistic model or ensemble (a folder, or loaded from one) on held-out arrays;
+    stores the calibration and ``reliability.png`` in its folder and returns the report."""
+    model = load(model) if isinstance(model, (str, Path)) else model
+    report = calibrate(model, list(images), list(truths), axes, **options)
+    reliability_diagram(report, model.directory / "reliability.png")
     return report
 
 
-def export_folder(model_dir: str | Path, out: str | Path, *, sample: str | Path | None = None,
+def export_folder(model_dir: str | Path, out: str | Path, *, sample: str | Path | np.ndarray | None = None,
                   axes: str | None = None, **metadata) -> Path:  # fmt: skip
-    """Write a model folder as a bioimage.io package, with a test image from a file if given."""
+    """Write a model folder as a bioimage.io package, with a test image from a file or array if given."""
     model = load(model_dir)
     image = None
-    if sample:
+    if isinstance(sample, np.ndarray):
+        sample_axes = check_axes(axes or model.config.axes, sample.ndim, what="sample")
+        image = to_net(sample, sample_axes, model.config.spatial, what="sample")[0]
+    elif sample:
         data, sample_axes = read_with_axes(sample, axes, fallback=model.config.axes)
         image = to_net(data, sample_axes, model.config.spatial, what=str(sample))[0]
     return export(model, out, sample=image, **metadata)

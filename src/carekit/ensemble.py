@@ -12,6 +12,7 @@ distribution, and stores the table that recalibrates quantiles with the model.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,12 +100,14 @@ def load(directory: str | Path) -> CARE | Ensemble:
 
 
 def train_ensemble(train_one: Callable[..., CARE], k: int, model_dir: str | Path, *, time_budget: float | None = None,
-                   resume: bool = False, overwrite: bool = False, seed: int = 0, **options) -> Ensemble:  # fmt: skip
+                   resume: bool = False, overwrite: bool = False, seed: int = 0, stop: threading.Event | None = None,
+                   **options) -> Ensemble:  # fmt: skip
     """Train ``k`` members one after the other with seeds ``seed, seed + 1, ...``.
 
     ``train_one(model_dir=..., seed=..., time_budget=..., resume=..., overwrite=..., **options)``
     trains one member (any mode); a time budget is shared equally. On ``resume``, members
-    with a checkpoint continue and missing ones start.
+    with a checkpoint continue and missing ones start. ``stop`` (a ``threading.Event``, passed on
+    to ``train_one``) cancels: the member in training keeps its best weights and no further one starts.
     """
     if k < 2:
         raise CarekitError(f"an ensemble needs at least 2 members, got {k}")
@@ -114,10 +117,15 @@ def train_ensemble(train_one: Callable[..., CARE], k: int, model_dir: str | Path
     members = []
     share = None if time_budget is None else time_budget / k
     for i in range(k):
+        if stop is not None and stop.is_set():  # cancelled: the members trained so far stay
+            break
         folder = d / f"member-{i}"
         again = resume and (folder / LAST).exists()
         members.append(train_one(model_dir=folder, seed=seed + i, time_budget=share, resume=again,
-                                 overwrite=overwrite, **options))  # fmt: skip
+                                 overwrite=overwrite, stop=stop, **options))  # fmt: skip
+    if len(members) < 2:
+        raise CarekitError(f"training stopped after {len(members)} of {k} members; an ensemble needs at least 2, "
+                           f"continue with --resume")  # fmt: skip
     ensemble = Ensemble(members, d)
     ensemble.save_index()
     return ensemble

@@ -27,7 +27,7 @@ from carekit.nets import packaged
 from carekit.nets.unet import UNet, count_parameters, fold_batch_norm
 from carekit.normalize import PREDICT_PERCENTILES, IntensityMap, normalize, percentiles
 from carekit.registry import Mode, mode_of, supporting
-from carekit.tiling import predict_tiled
+from carekit.tiling import Progress, predict_tiled
 from carekit.uncertainty import Laplace
 
 CONFIG = "config.json"
@@ -70,7 +70,7 @@ class Run:
     engine: Engine
     n_tiles: tuple[int, ...] | None = None
     memory: int | None = None
-    progress: bool = False
+    progress: Progress = False
     tta: bool = False
 
 
@@ -191,8 +191,9 @@ class CARE:
             least 1.5 GiB; on CUDA a quarter of the GPU's free memory, at most 8 GiB).
         device, precision : str
             ``"auto"`` picks CUDA if present and the fastest safe precision.
-        progress : bool
-            Show a progress bar for large inputs.
+        progress : bool or callable
+            Show a progress bar for large inputs; a callable is told ``(done, total)`` after each
+            batch of tiles of every network pass (and may raise to cancel).
         tta : bool
             Test-time augmentation: average the 8 flips/rotations of the lateral plane (8x slower).
         **options
@@ -219,7 +220,7 @@ class CARE:
 
     def prediction(self, image: np.ndarray, axes: str | None = None, *, n_tiles: tuple[int, ...] | None = None,
                    memory: int | None = None, device: str = "auto", precision: str | None = None,
-                   progress: bool = False, tta: bool = False, **options) -> Prediction:  # fmt: skip
+                   progress: Progress = False, tta: bool = False, **options) -> Prediction:  # fmt: skip
         """The outline every mode follows: fold ``image`` into network order, take its percentiles,
         run the mode's network pass, bring the output to intensities and unfold it (see :meth:`predict`)."""
         if tta and "tta" not in self.kind.supports:

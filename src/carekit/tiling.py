@@ -29,6 +29,9 @@ CPU_MAX_MEMORY = 5 * 2**30  # ... up to this many bytes
 GPU_SHARE = 0.25  # on CUDA: this share of the GPU's free memory ...
 GPU_MAX_MEMORY = 8 * 2**30  # ... up to this many bytes
 MAX_BATCH = 16
+# How long work reports its progress: a tqdm bar (True), nothing (False), or a callable told
+# ``(done, total)`` after each unit (a GUI's progress bar; it may raise to cancel the work).
+Progress = bool | Callable[[int, int], None]
 
 
 def default_memory(engine: Engine, host_arrays: int = 0) -> int:
@@ -104,6 +107,29 @@ def auto_tiles(shape: tuple[int, ...], halo: tuple[int, ...], grid: tuple[int, .
     return tuple(n)
 
 
+class Ticks:
+    """Counts the units of a piece of work for a :data:`Progress`: a tqdm bar from ``least`` units on, or
+    the callable after every unit. A context manager that closes the bar."""
+
+    def __init__(self, total: int, progress: Progress, desc: str, unit: str, least: int = 1) -> None:
+        self.total, self.done = total, 0
+        self.report = progress if callable(progress) else None
+        quiet = self.report is not None or not progress or total < least
+        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=quiet, leave=False)
+
+    def update(self) -> None:
+        self.done += 1
+        self.bar.update()
+        if self.report is not None:
+            self.report(self.done, self.total)
+
+    def __enter__(self) -> Ticks:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
 def to_host(t: torch.Tensor) -> np.ndarray:
     """A tensor as a numpy array; from a GPU through pinned memory (pageable copies run at ~1 GB/s)."""
     if t.device.type != "cuda":
@@ -116,7 +142,7 @@ def to_host(t: torch.Tensor) -> np.ndarray:
 def predict_tiled(forward: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, engine: Engine, *,
                   grid: tuple[int, ...], halo: tuple[int, ...], bytes_per_voxel: int,
                   n_tiles: tuple[int, ...] | None = None, memory: int | None = None,
-                  progress: bool = False) -> np.ndarray:  # fmt: skip
+                  progress: Progress = False) -> np.ndarray:  # fmt: skip
     """Run ``forward`` over ``x`` (``(N, C, *S)`` float32) in tiles; returns ``(N, C_out, *T)`` float32.
 
     The tiled axes ``T`` are the last ``len(grid)`` axes of ``S``; axes before them (the z of
@@ -138,9 +164,8 @@ def predict_tiled(forward: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray
     per_batch = int(max(1, min(MAX_BATCH, budget // (window_voxels * bytes_per_voxel))))
     out = None
     batches = range(0, len(jobs), per_batch)
-    bar = tqdm(batches, desc="predict", unit="batch", disable=not progress or len(batches) < 2, leave=False)
-    with torch.inference_mode():
-        for b in bar:
+    with torch.inference_mode(), Ticks(len(batches), progress, "predict", "batch", least=2) as ticks:
+        for b in batches:
             started = time.perf_counter()
             chunk = jobs[b : b + per_batch]
             windows = np.stack(
@@ -159,5 +184,6 @@ def predict_tiled(forward: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray
                 src = (slice(None), *(slice(s.core_start - s.start, s.core_stop - s.start) for s in combo))
                 out[dst] = r[src]
             threads.report(time.perf_counter() - started)
+            ticks.update()
     assert out is not None
     return out[(slice(None), slice(None), *(slice(0, s) for s in shape))]
