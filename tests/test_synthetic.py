@@ -118,7 +118,7 @@ def test_synth_writes_pairs_and_bad_recipes_are_explained(tmp_path, capsys):
     bad = {
         "shape": ({**RECIPE, "shape": [8, 8]}, "'shape' must be 2 or 3 integers >= 16"),
         "type": ({**RECIPE, "channels": [[{"type": "mitochondria"}]]}, "structure type 'mitochondria' is unknown"),
-        "param": ({**RECIPE, "channels": [[{"type": "tubules", "thickness": 2}]]}, "unexpected keyword argument"),
+        "param": ({**RECIPE, "channels": [[{"type": "tubules", "thickness": 2}]]}, "unknown parameter .thickness."),
         "imaging": ({**RECIPE, "imaging": {"na": 2.0}}, "NA must be in"),
         "key": ({**RECIPE, "photons": 5}, "unknown key"),
     }

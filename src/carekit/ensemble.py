@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from carekit._version import __version__
+from carekit.config import check_calibration
 from carekit.errors import CarekitError
 from carekit.io import read_json, write_json
 from carekit.model import CARE, CONFIG, LAST, calibration_table
@@ -26,6 +27,7 @@ from carekit.uncertainty import Mixture, calibration_error, coverage, pit_table
 
 ENSEMBLE = "ensemble.json"
 FORMAT_VERSION = 1
+MAX_MEMBERS = 100
 
 
 class Ensemble:
@@ -82,12 +84,37 @@ class Ensemble:
     def load(cls, directory: str | Path) -> Ensemble:
         d = Path(directory)
         index = read_json(d / ENSEMBLE)
-        if not isinstance(index.get("format_version"), int) or index["format_version"] > FORMAT_VERSION:
+        version = index.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
             raise CarekitError(
                 f"{d / ENSEMBLE}: ensemble format {index.get('format_version')} is newer; upgrade carekit"
             )
-        members = [CARE.load(d / name) for name in index.get("members", [])]
-        return cls(members, d, index.get("calibration"))
+        names = index.get("members")
+        if not isinstance(names, list) or not names or len(names) > MAX_MEMBERS:
+            raise CarekitError(f"{d / ENSEMBLE}: 'members' must list 1..{MAX_MEMBERS} member folders; it is damaged")
+        members = [CARE.load(member_folder(d, name)) for name in names]
+        kinds = {(m.config.mode, m.config.axes, m.config.spatial, m.config.n_channel_in, m.config.n_channel_out,
+                  m.config.net.probabilistic) for m in members}  # fmt: skip
+        if len(kinds) > 1:
+            raise CarekitError(f"{d / ENSEMBLE}: the members differ in mode, axes, channels or probabilistic output; "
+                               "an ensemble's members must be trained alike")  # fmt: skip
+        calibration = index.get("calibration")
+        if calibration is not None:
+            check_calibration(calibration if isinstance(calibration, dict) else {"pit": None})
+        return cls(members, d, calibration)
+
+
+def member_folder(ensemble: Path, name) -> Path:
+    """The folder of member ``name``: a sub-folder of the ensemble, never a path outside it."""
+    where = ensemble / ENSEMBLE
+    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise CarekitError(f"{where}: member {name!r} is not a folder name inside {ensemble}; members must be the "
+                           "ensemble's own sub-folders (the file is damaged or hostile)")  # fmt: skip
+    folder = ensemble / name
+    if not folder.resolve().is_relative_to(ensemble.resolve()):
+        raise CarekitError(f"{where}: member {name!r} leads outside {ensemble} (a link); members must be the "
+                           "ensemble's own sub-folders")  # fmt: skip
+    return folder
 
 
 def is_ensemble(directory: str | Path) -> bool:
@@ -109,8 +136,8 @@ def train_ensemble(train_one: Callable[..., CARE], k: int, model_dir: str | Path
     with a checkpoint continue and missing ones start. ``stop`` (a ``threading.Event``, passed on
     to ``train_one``) cancels: the member in training keeps its best weights and no further one starts.
     """
-    if k < 2:
-        raise CarekitError(f"an ensemble needs at least 2 members, got {k}")
+    if not 2 <= k <= MAX_MEMBERS:
+        raise CarekitError(f"an ensemble (--ensemble) needs 2..{MAX_MEMBERS} members, got {k}")
     d = Path(model_dir)
     if is_ensemble(d) and not (resume or overwrite):
         raise CarekitError(f"{d}: already holds an ensemble; choose a new folder, --resume or --overwrite")

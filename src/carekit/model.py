@@ -22,7 +22,7 @@ from carekit.baselines import describe_margin
 from carekit.config import Config
 from carekit.engine import Engine, Probe, choose_engine
 from carekit.errors import CarekitError
-from carekit.io import check_finite, read_json, write_atomic, write_json
+from carekit.io import check_finite, check_result, read_json, write_atomic, write_json
 from carekit.nets import packaged
 from carekit.nets.unet import UNet, count_parameters, fold_batch_norm
 from carekit.normalize import PREDICT_PERCENTILES, IntensityMap, normalize, percentiles
@@ -233,6 +233,7 @@ class CARE:
             y = self.network_pass(x, lo, hi, Run(engine, n_tiles, memory, progress, tta), **options)
         lo, hi = (v.reshape(*v.shape[:2], *(1,) * (y.ndim - 2)) for v in (lo, hi))
         mean, scale = self.to_intensities(y, lo, hi)
+        check_result(y, "prediction")  # mean and scale are views of y
         spatial = self.result_spatial or layout.spatial
         c = mean.shape[1] + (0 if scale is None else scale.shape[1])
         extra = {}
@@ -332,5 +333,9 @@ def load_weights(path: Path, net: torch.nn.Module) -> None:
         tensors = load_file(str(path))
         net.load_state_dict(tensors)
     except Exception as e:  # safetensors and torch raise several types for damaged files
-        first = str(e).splitlines()[0]
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CarekitError(f"{path}: weights do not fit the configuration ({first}); the folder is damaged") from None
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CarekitError(f"{path}: weights hold NaN or infinite values ({', '.join(bad[:3])}); the model is damaged, "
+                           "train it again")  # fmt: skip

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from carekit import threads
 from carekit.engine import Engine
+from carekit.errors import CarekitError
 from carekit.hardware import available_memory
 
 DEFAULT_MEMORY = 1536 * 2**20  # bytes of activations per batch of windows: the least default
@@ -130,6 +131,16 @@ class Ticks:
         self.bar.close()
 
 
+def check_tiles(n_tiles: tuple[int, ...], size: tuple[int, ...]) -> None:
+    """``n_tiles`` must give each tiled axis between 1 tile and one per pixel."""
+    if len(n_tiles) != len(size):
+        raise CarekitError(f"--n-tiles {','.join(map(str, n_tiles))} needs {len(size)} entries, one per tiled axis "
+                           f"(this image's are {','.join(map(str, size))} pixels long)")  # fmt: skip
+    if any(not 1 <= k <= s for k, s in zip(n_tiles, size, strict=True)):
+        raise CarekitError(f"--n-tiles {','.join(map(str, n_tiles))}: each axis takes from 1 tile up to its size "
+                           f"({','.join(map(str, size))}); give positive counts")  # fmt: skip
+
+
 def to_host(t: torch.Tensor) -> np.ndarray:
     """A tensor as a numpy array; from a GPU through pinned memory (pageable copies run at ~1 GB/s)."""
     if t.device.type != "cuda":
@@ -156,8 +167,7 @@ def predict_tiled(forward: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray
     budget = memory or default_memory(engine, host_arrays=2 * padded.nbytes)  # padded input, output
     if n_tiles is None:
         n_tiles = auto_tiles(size, halo, grid, max(1, budget // bytes_per_voxel))
-    if len(n_tiles) != len(size):
-        raise ValueError(f"n_tiles {n_tiles} must have one entry per spatial axis {size}")
+    check_tiles(n_tiles, size)
     axis_spans = [spans(s, k, h, g) for s, k, h, g in zip(size, n_tiles, halo, grid, strict=True)]
     jobs = [(i, combo) for i in range(padded.shape[0]) for combo in itertools.product(*axis_spans)]
     window_voxels = math.prod(sp.length for sp in jobs[0][1])
