@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: cpulock, quality
 from cpulock import cpu_lock
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
