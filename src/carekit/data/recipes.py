@@ -12,11 +12,21 @@ number of pairs::
         [{"type": "granules", "density": 0.002, "radius": 1.5}]
       ],
       "imaging": {"na": 1.3, "wavelength": 520, "pixel_size": 40, "photons": 100,
-                  "background": 0.1, "read_noise": 2, "frames": 1}
+                  "background": 0.1, "read_noise": 2, "frames": 1},
+      "variation": {"width": 2.5, "photons": 2.0}
     }
 
 Every pair is generated in memory when training starts (``carekit synth`` writes pairs
 for inspection). Lengths in ``imaging`` are in nanometres; structure sizes in pixels.
+
+The recipe's values are the centre of what is generated: ``variation`` (see
+:mod:`carekit.data.variation`) draws what the recipe does not pin anew for every pair
+(tubule widths, curvature, brightness along structures, bundles, density, PSF width, photons,
+read noise, background and out-of-focus haze) within tolerances. It is on with its defaults
+when the key is absent; ``"variation": false`` generates every pair exactly as described, and
+an object sets tolerances by name (the rest keep their defaults). The tolerances in force are
+stored with the recipe in the model's configuration, so training can be repeated from the
+model folder.
 """
 
 from __future__ import annotations
@@ -31,9 +41,12 @@ import numpy as np
 import psutil
 from tqdm.auto import tqdm
 
+from carekit.data import variation
 from carekit.data.camera import widefield_sigmas
 from carekit.data.pairs import ImagePair
-from carekit.data.structures import gaussian_psf, granules, tubules, widefield
+from carekit.data.structures import blur, gaussian_psf, granules, tubules, widefield
+from carekit.data.surfaces import smooth_field
+from carekit.data.variation import Variation
 from carekit.errors import CarekitError
 from carekit.io import read_image, read_json, write_tiff
 
@@ -76,9 +89,10 @@ class Imaging:
         lateral = sxy / self.pixel_size
         return (lateral, lateral) if ndim == 2 else (sz / self.z_step, lateral, lateral)
 
-    def kernel(self, ndim: int) -> np.ndarray:
+    def kernel(self, ndim: int, scale: float = 1.0) -> np.ndarray:
+        """The PSF: a Gaussian (its sigmas times ``scale``) or the PSF file's kernel."""
         if self.psf is None:
-            return gaussian_psf(self.sigmas(ndim))
+            return gaussian_psf(tuple(s * scale for s in self.sigmas(ndim)))
         psf, _ = read_image(self.psf)
         if psf.ndim != ndim:
             raise CarekitError(f"{self.psf}: a {psf.ndim}D PSF cannot image {ndim}D structures; give a {ndim}D PSF")
@@ -102,6 +116,7 @@ class Recipe:
     pairs: int = 100
     seed: int = 0
     imaging: Imaging = field(default_factory=Imaging)
+    variation: Variation = field(default_factory=Variation)
 
     @property
     def axes(self) -> str:
@@ -185,15 +200,17 @@ def psf_path(source: str, psf: Any, base: Path | None) -> str:
     return str(path.resolve())
 
 
-def parse_recipe(d: dict[str, Any], source: str = "recipe", base: Path | None = None) -> Recipe:
+def parse_recipe(d: dict[str, Any], source: str = "recipe", base: Path | None = None, *, saved: bool = False) -> Recipe:
     """Validate a recipe dictionary; every problem names the key at fault.
 
     ``base``: the folder of the recipe file; a PSF file is named relative to it and must lie inside
-    it (a recipe from someone else cannot make carekit read files elsewhere).
+    it (a recipe from someone else cannot make carekit read files elsewhere). ``saved``: the recipe
+    comes from a model's configuration, where a recipe without ``variation`` was written before
+    variation existed and generated its pairs without it.
     """
     if not isinstance(d, dict):
         raise recipe_error(source, "a recipe is a JSON object")
-    unknown = sorted(set(d) - {"shape", "channels", "pairs", "seed", "imaging"})
+    unknown = sorted(set(d) - {"shape", "channels", "pairs", "seed", "imaging", "variation"})
     if unknown:
         raise recipe_error(source, f"unknown key(s) {', '.join(unknown)}")
     shape = d.get("shape")
@@ -226,7 +243,11 @@ def parse_recipe(d: dict[str, Any], source: str = "recipe", base: Path | None = 
     seed = d.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise recipe_error(source, f"'seed' must be a non-negative integer, got {seed!r}")
-    return Recipe(tuple(shape), channels, pairs, seed, imaging)
+    try:
+        varied = variation.parse(d.get("variation", False if saved else None))
+    except (TypeError, ValueError) as e:
+        raise recipe_error(source, str(e)) from None
+    return Recipe(tuple(shape), channels, pairs, seed, imaging, varied)
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -245,20 +266,46 @@ def check_fits(recipe: Recipe, n: int) -> None:
                            f"the {free / 2**30:.1f} GiB available; lower the recipe's 'pairs' or 'shape'")  # fmt: skip
 
 
-def generate_pair(recipe: Recipe, rng: np.random.Generator, psf: np.ndarray | None = None) -> tuple:
-    """One (widefield input, ground truth) pair, each ``(C, *shape)`` float32."""
-    psf = recipe.imaging.kernel(len(recipe.shape)) if psf is None else psf
+def draw_truths(recipe: Recipe, rng: np.random.Generator, specs: list[list[dict]]) -> list[np.ndarray]:
+    """One clean image per channel from the structures' keywords ``specs``."""
     truths = []
-    for channel in recipe.channels:
+    for channel, kwargs in zip(recipe.channels, specs, strict=True):
         t = np.zeros(recipe.shape, np.float32)
-        for s in channel:
-            t += STRUCTURES[s["type"]](recipe.shape, rng, **{k: v for k, v in s.items() if k != "type"})
+        for s, kw in zip(channel, kwargs, strict=True):
+            t += STRUCTURES[s["type"]](recipe.shape, rng, **kw)
         truths.append(t)
-    im = recipe.imaging
+    return truths
+
+
+def generate_pair(recipe: Recipe, rng: np.random.Generator, psf: np.ndarray | None = None) -> tuple:
+    """One (widefield input, ground truth) pair, each ``(C, *shape)`` float32, varied by the recipe's
+    :class:`~carekit.data.variation.Variation` (``psf``: the recipe's kernel, computed once)."""
+    im, v, ndim = recipe.imaging, recipe.variation, len(recipe.shape)
+    psf = im.kernel(ndim) if psf is None else psf
+    if not v.active:
+        specs = [[{k: val for k, val in s.items() if k != "type"} for s in c] for c in recipe.channels]
+        truths = draw_truths(recipe, rng, specs)
+        lows = [
+            widefield(t, psf, rng, photons=im.photons, background=im.background,
+                      background_scale=im.background_scale, read_sigma=im.read_noise, frames=im.frames)
+            for t in truths
+        ]  # fmt: skip
+        return np.stack(lows), np.stack(truths)
+    specs = [[variation.structure(s, v, rng, STRUCTURES[s["type"]].__kwdefaults__) for s in c] for c in recipe.channels]
+    truths = draw_truths(recipe, rng, specs)
+    drawn = variation.imaging(im, v, rng)
+    kernel = psf if drawn["psf_scale"] == 1 else im.kernel(ndim, drawn["psf_scale"])
+    fields = [smooth_field(recipe.shape, drawn["background_scale"], rng) for _ in truths]
+    if drawn["haze"] > 0:  # out-of-focus structures: the channel's kind drawn again, blurred wide
+        wide = im.kernel(ndim, drawn["psf_scale"] * rng.uniform(3, 6)) if im.psf is None else blur(kernel, kernel)
+        for i, extra in enumerate(draw_truths(recipe, rng, specs)):
+            haze = np.clip(blur(extra, wide), 0, None)
+            haze /= haze.max() or 1.0
+            fields[i] = (1 - drawn["haze"]) * fields[i] + drawn["haze"] * haze
     lows = [
-        widefield(t, psf, rng, photons=im.photons, background=im.background, background_scale=im.background_scale,
-                  read_sigma=im.read_noise, frames=im.frames)
-        for t in truths
+        widefield(t, kernel, rng, photons=drawn["photons"], background=drawn["background"],
+                  read_sigma=drawn["read_noise"], frames=im.frames, field=f)
+        for t, f in zip(truths, fields, strict=True)
     ]  # fmt: skip
     return np.stack(lows), np.stack(truths)
 
