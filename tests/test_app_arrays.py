@@ -56,7 +56,7 @@ def test_calibrate_arrays_matches_calibrate_files(tmp_path):
     from_files = app.calibrate_files(tmp_path / "a", [tmp_path / "low"], tmp_path / "high", "YX")
     from_arrays = app.calibrate_arrays(tmp_path / "b", [low], [clean], "YX")
     assert from_arrays == from_files and (tmp_path / "b" / "reliability.png").exists()
-    assert app.load(tmp_path / "b").config.calibration["pit"] == from_files["pit"]
+    assert app.load(tmp_path / "b").config.calibration["pit"] == from_files["calibration"]["pit"]
 
 
 class StopAt(Callback):

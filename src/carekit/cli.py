@@ -282,11 +282,19 @@ def run_synth(a: argparse.Namespace) -> None:
 
 def run_calibrate(a: argparse.Namespace) -> None:
     report = app.calibrate_files(a.model, a.low, a.high, a.axes, device=a.device, precision=a.precision)
-    print(f"{'nominal':>8s}{'before':>9s}{'after':>9s}")
+    held = report["held_out"]
+    print(f"{'nominal':>8s}{'before':>9s}{'after':>9s}" + (f"{'held out':>10s}" if held else ""))
     for p in (0.5, 0.8, 0.9, 0.95):
-        print(f"{p:8.0%}{report['coverage_before'][p]:9.1%}{report['coverage_after'][p]:9.1%}")
-    print(f"ECE {report['ece_before']:.3f} -> {report['ece_after']:.3f} ({report['pixels']:,} pixels); "
-          f"calibration stored in {a.model}")  # fmt: skip
+        cells = f"{report['coverage_before'][p]:9.1%}{report['coverage_after'][p]:9.1%}"
+        print(f"{p:8.0%}{cells}" + (f"{held['coverage'][p]:10.1%}" if held else ""))
+    for label, deciles in (("before", report["deciles_before"]), ("after", report["deciles_after"]),
+                           ("held out", held["deciles"] if held else None)):  # fmt: skip
+        if deciles:
+            print(f"90 % interval by intensity decile, {label}: " + " ".join(f"{c:.0%}" for c in deciles[0.9]))
+    if held:
+        print(f"held out: calibrated on one half of the {held['split']}, measured on the other, both ways")
+    print(f"ECE {report['ece_before']:.3f} -> {report['ece_after']:.3f} ({report['pixels']:,} pixels, "
+          f"{report['bins']} intensity bins); calibration stored in {a.model}")  # fmt: skip
     print(f"reliability diagram: {Path(a.model) / 'reliability.png'}")
 
 

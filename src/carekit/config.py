@@ -394,3 +394,14 @@ def check_calibration(calibration: dict | None) -> None:
     ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in pit)
     ok = ok and all(a <= b for a, b in itertools.pairwise(pit))
     require(ok, f"calibration.pit must be {len(PIT_GRID)} non-decreasing probabilities; calibrate the model again")
+    if "tables" in calibration or "centres" in calibration:  # per predicted-intensity bin (carekit.calibration)
+        tables, centres = calibration.get("tables"), calibration.get("centres")
+        ok = isinstance(tables, list) and isinstance(centres, list) and 1 <= len(tables) == len(centres) <= 1000
+        ok = ok and all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in centres)
+        ok = ok and all(a <= b for a, b in itertools.pairwise(centres))
+        for table in tables if ok else ():
+            ok = ok and isinstance(table, list) and len(table) == len(PIT_GRID)
+            ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in table)
+            ok = ok and all(a <= b for a, b in itertools.pairwise(table))
+        require(ok, "calibration.tables must hold one non-decreasing table per bin at increasing centres; "
+                "calibrate the model again")  # fmt: skip

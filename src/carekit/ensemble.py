@@ -7,7 +7,8 @@ members it is the mixture of their Laplace distributions, with the disagreement 
 (see :mod:`carekit.uncertainty`).
 
 Calibration records, on held-out pairs, where the truth falls in each predicted
-distribution, and stores the table that recalibrates quantiles with the model.
+distribution, and stores the tables that recalibrate quantiles (per bin of predicted
+intensity, :mod:`carekit.calibration`) with the model.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from carekit._version import __version__
+from carekit.calibration import BINS, Observed, calibration_report, fit
 from carekit.config import check_calibration
 from carekit.errors import CarekitError
 from carekit.io import read_json, write_json
-from carekit.model import CARE, CONFIG, LAST, calibration_table
-from carekit.uncertainty import Mixture, calibration_error, coverage, pit_table
+from carekit.model import CARE, CONFIG, LAST, stored_calibration
+from carekit.uncertainty import Mixture
 
 ENSEMBLE = "ensemble.json"
 FORMAT_VERSION = 1
@@ -70,7 +72,7 @@ class Ensemble:
         if not self.probabilistic:
             raise CarekitError("ensemble members are not probabilistic; train them with --probabilistic")
         means, scales = zip(*(m.predict_with_scale(image, axes, **options) for m in self.members), strict=True)
-        return Mixture(np.stack(means), np.stack(scales), calibration_table(self.calibration))
+        return Mixture(np.stack(means), np.stack(scales), stored_calibration(self.calibration, self.directory))
 
     def save_index(self) -> Path:
         assert self.directory is not None
@@ -162,42 +164,44 @@ def train_ensemble(train_one: Callable[..., CARE], k: int, model_dir: str | Path
 def raw_distribution(model: CARE | Ensemble, image: np.ndarray, axes: str | None, **options):
     """The model's prediction without any stored recalibration."""
     dist = model.predict_distribution(image, axes, **options)
-    dist.pit = None
+    dist.calibration = None
     return dist
 
 
-def calibrate(model: CARE | Ensemble, images: list, truths: list, axes: str | None = None,
-              levels=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95), **options) -> dict:  # fmt: skip
-    """Recalibrate ``model`` on held-out ``images``/``truths`` and store the table with it.
-
-    Returns the report: coverage of central intervals and the expected calibration error
-    (mean absolute coverage gap over ``levels``) before and after, on these data.
-    """
-    values = []
+def observe(model: CARE | Ensemble, images: list, truths: list, axes: str | None = None, **options) -> list[Observed]:
+    """Where each ground truth falls in the model's raw prediction, image by image."""
+    observed = []
     for image, truth in zip(images, truths, strict=True):
         dist = raw_distribution(model, image, axes, **options)
         truth = np.asarray(truth, np.float64)
         if truth.shape != dist.mean.shape:
             raise CarekitError(f"ground truth of shape {truth.shape} does not match the prediction {dist.mean.shape}")
-        values.append(np.asarray(dist.cdf(truth)).ravel())
-    pit = np.concatenate(values)
-    table = pit_table(pit)
-    before, after = coverage(pit, levels), coverage(pit, levels, table)
-    report = {
-        "levels": list(levels),
-        "coverage_before": before,
-        "coverage_after": after,
-        "ece_before": calibration_error(before),
-        "ece_after": calibration_error(after),
-        "pixels": int(pit.size),
-        "pit": table.tolist(),
-    }
+        observed.append(Observed.of(dist, truth))
+    return observed
+
+
+def calibrate(model: CARE | Ensemble, images: list, truths: list, axes: str | None = None,
+              levels=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95), bins: int = BINS,
+              **options) -> dict:  # fmt: skip
+    """Recalibrate ``model`` on held-out ``images``/``truths`` and store the calibration with it.
+
+    The calibration is conditional on predicted intensity (``bins`` bins of equal
+    pixel count; fewer for small data, see :mod:`carekit.calibration`). Returns the report:
+    coverage of central intervals at ``levels``, overall and per intensity decile, before and
+    after on these data, the expected calibration error (mean absolute coverage gap) and, with
+    at least two images (else the two halves of one), a held-out estimate: calibrated on one
+    half of the images, measured on the other, both ways.
+    """
+    observed = observe(model, images, truths, axes, **options)
+    report = calibration_report(observed, fit(observed, bins), levels, bins)
     store_calibration(model, report)
     return report
 
 
 def store_calibration(model: CARE | Ensemble, report: dict) -> None:
-    saved = {k: report[k] for k in ("pit", "ece_before", "ece_after", "pixels")}
+    saved = {**report["calibration"], **{k: report[k] for k in ("ece_before", "ece_after", "pixels")}}
+    if report["held_out"] is not None:
+        saved["coverage_held_out"] = {str(p): round(c, 6) for p, c in report["held_out"]["coverage"].items()}
     if isinstance(model, Ensemble):
         model.calibration = saved
         if model.directory is not None:

@@ -28,7 +28,7 @@ from carekit.nets.unet import UNet, count_parameters, fold_batch_norm
 from carekit.normalize import PREDICT_PERCENTILES, IntensityMap, normalize, percentiles
 from carekit.registry import Mode, mode_of, supporting
 from carekit.tiling import Progress, predict_tiled
-from carekit.uncertainty import Laplace
+from carekit.uncertainty import Calibration, Laplace
 
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
@@ -209,7 +209,7 @@ class CARE:
         """The Laplace distribution of a :meth:`prediction` (calibrated, where the model was)."""
         if not self.config.net.probabilistic:
             raise CarekitError("this model predicts no distribution; train it with --probabilistic")
-        return Laplace(result.mean, result.scale, calibration_table(self.config.calibration))
+        return Laplace(result.mean, result.scale, stored_calibration(self.config.calibration, self.directory))
 
     def predict_with_scale(
         self, image: np.ndarray, axes: str | None = None, **options
@@ -316,9 +316,15 @@ class CARE:
         return mode_of(config.mode).model(config, net, d)
 
 
-def calibration_table(calibration: dict | None) -> np.ndarray | None:
-    """The stored recalibration table of a model or ensemble, if it was calibrated."""
-    return None if not calibration else np.asarray(calibration["pit"], np.float64)
+def stored_calibration(calibration: dict | None, directory: Path | None = None) -> Calibration | None:
+    """The stored recalibration of a model or ensemble, if it was calibrated (global or conditional)."""
+    if not calibration:
+        return None
+    try:
+        return Calibration.from_dict(calibration)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CarekitError(f"{directory or 'model'}: stored calibration is damaged ({e}); "
+                           "run 'carekit calibrate' again") from None  # fmt: skip
 
 
 def save_weights(path: Path, net: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
