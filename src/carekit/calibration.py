@@ -20,6 +20,7 @@ calibration benchmark). Everything is plain numbers, stored as JSON.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,8 +41,10 @@ def pit_table(pit_values: np.ndarray) -> np.ndarray:
 class Calibration:
     """Isotonic calibration tables, one per bin of predicted intensity.
 
-    ``tables`` is ``(K, len(PIT_GRID))``; ``centres`` (``K`` increasing numbers) are where each
-    table holds exactly; ``pooled`` is the table of all calibration pixels together, used where
+    ``tables`` is ``(K, len(PIT_GRID))``; ``centres`` (``K`` increasing numbers) are the bins'
+    median intensities and ``edges`` (``K - 1``) where one bin ends and the next begins (default:
+    halfway between centres); a pixel takes its bin's table, so the calibration pixels' coverage
+    is exact in every bin. ``pooled`` is the table of all calibration pixels together, used where
     no coordinate is given. ``K = 1`` is the global calibration (the only kind stored before
     calibration became conditional).
     """
@@ -49,10 +52,15 @@ class Calibration:
     tables: np.ndarray
     centres: np.ndarray
     pooled: np.ndarray | None = None
+    edges: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.tables = np.atleast_2d(np.asarray(self.tables, np.float64))
         self.centres = np.atleast_1d(np.asarray(self.centres, np.float64))
+        midpoints = (self.centres[1:] + self.centres[:-1]) / 2
+        self.edges = midpoints if self.edges is None else np.atleast_1d(np.asarray(self.edges, np.float64))
+        if self.edges.shape != midpoints.shape:
+            raise ValueError(f"{len(self.edges)} bin edges for {len(self.centres)} bins")
         self.pooled = self.tables[0] if self.pooled is None else np.asarray(self.pooled, np.float64)
         if self.tables.shape != (len(self.centres), len(PIT_GRID)) or self.pooled.shape != PIT_GRID.shape:
             raise ValueError(f"calibration tables of shape {self.tables.shape} for {len(self.centres)} bins")
@@ -77,18 +85,16 @@ class Calibration:
         centres = np.array([np.median(coordinate[g]) for g in groups])
         # equal centres (a flat image) would make interpolation ill-defined; nudge them apart
         centres = np.maximum.accumulate(centres + np.arange(bins) * 1e-9)
-        return cls(np.stack([pit_table(pit[g]) for g in groups]), centres, pit_table(pit))
+        edges = np.array([(coordinate[a].max() + coordinate[b].min()) / 2 for a, b in itertools.pairwise(groups)])
+        return cls(np.stack([pit_table(pit[g]) for g in groups]), centres, pit_table(pit), edges)
 
     @property
     def conditional(self) -> bool:
         return len(self.centres) > 1
 
-    def weights(self, coordinate: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Lower bin index, upper bin index and the upper bin's weight per pixel (clamped at the ends)."""
-        position = np.interp(coordinate, self.centres, np.arange(len(self.centres), dtype=np.float64))
-        low = np.minimum(np.floor(position).astype(np.intp), len(self.centres) - 1)
-        high = np.minimum(low + 1, len(self.centres) - 1)
-        return low, high, position - low
+    def bins(self, coordinate: np.ndarray) -> np.ndarray:
+        """Each pixel's bin index (the first and last bins extend to the ends)."""
+        return np.searchsorted(self.edges, coordinate, side="right")
 
     def map(self, q, coordinate: np.ndarray | None = None) -> np.ndarray:
         """The raw quantile level at which to read calibrated level ``q``, per pixel.
@@ -99,18 +105,13 @@ class Calibration:
         q = np.asarray(q, np.float64)
         if not self.conditional or coordinate is None:
             return np.interp(q, PIT_GRID, self.pooled)
-        low, high, w = self.weights(np.asarray(coordinate, np.float64))
-        if q.ndim == 0:  # one level: evaluate each table once, then blend per pixel
-            at = np.array([np.interp(q, PIT_GRID, t) for t in self.tables])
-            return at[low] * (1 - w) + at[high] * w
+        b = self.bins(np.asarray(coordinate, np.float64))
+        if q.ndim == 0:  # one level: evaluate each table once, then pick per pixel
+            return np.array([np.interp(q, PIT_GRID, t) for t in self.tables])[b]
         step = np.clip(q, 0.0, 1.0) * (len(PIT_GRID) - 1)
         j = np.minimum(np.floor(step).astype(np.intp), len(PIT_GRID) - 2)
         f = step - j
-
-        def read(b: np.ndarray) -> np.ndarray:
-            return self.tables[b, j] * (1 - f) + self.tables[b, j + 1] * f
-
-        return read(low) * (1 - w) + read(high) * w
+        return self.tables[b, j] * (1 - f) + self.tables[b, j + 1] * f
 
     def to_dict(self) -> dict:
         """JSON-ready numbers: the global table under ``pit`` (read by older carekit), the bins beside."""
@@ -118,6 +119,7 @@ class Calibration:
         if self.conditional:
             out["by"] = "predicted intensity"
             out["centres"] = [float(f"{c:.7g}") for c in self.centres]
+            out["edges"] = [float(f"{e:.7g}") for e in self.edges]
             out["tables"] = np.round(self.tables, 6).tolist()
         return out
 
@@ -125,7 +127,7 @@ class Calibration:
     def from_dict(cls, d: dict) -> Calibration:
         """Read :meth:`to_dict`'s output, or a global table stored as ``{"pit": [...]}``."""
         if "tables" in d:
-            return cls(d["tables"], d["centres"], d["pit"])
+            return cls(d["tables"], d["centres"], d["pit"], d.get("edges") or None)
         return cls.global_(d["pit"])
 
 

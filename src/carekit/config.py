@@ -399,9 +399,13 @@ def check_calibration(calibration: dict | None) -> None:
         ok = isinstance(tables, list) and isinstance(centres, list) and 1 <= len(tables) == len(centres) <= 1000
         ok = ok and all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in centres)
         ok = ok and all(a <= b for a, b in itertools.pairwise(centres))
+        edges = calibration.get("edges", [])
+        ok = ok and isinstance(edges, list) and len(edges) in (0, len(centres) - 1)
+        ok = ok and all(isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e) for e in edges)
+        ok = ok and all(a <= b for a, b in itertools.pairwise(edges))
         for table in tables if ok else ():
             ok = ok and isinstance(table, list) and len(table) == len(PIT_GRID)
             ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in table)
             ok = ok and all(a <= b for a, b in itertools.pairwise(table))
-        require(ok, "calibration.tables must hold one non-decreasing table per bin at increasing centres; "
+        require(ok, "calibration.tables must hold one non-decreasing table per bin at increasing centres and edges; "
                 "calibrate the model again")  # fmt: skip
