@@ -1,10 +1,15 @@
 """Shared test data: small synthetic fluorescence images with known ground truth."""
 
+import os
+
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
 from carekit.data.camera import poisson_gaussian, to_photons
+
+# Qt widgets draw offscreen; napari's OpenGL canvas still needs an X server (pytest-xvfb starts Xvfb)
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
 def blobs(shape: tuple[int, ...], seed: int = 0, density: float = 0.004, sigma: float = 2.0) -> np.ndarray:
@@ -37,3 +42,15 @@ TINY = {
     "precision": "float32",
     "learning_rate": 2e-3,
 }
+
+
+def require_napari() -> None:
+    """Skip a module of widget tests where napari or pytest-qt is missing, or where no X server runs
+    (on CI, which installs them all, fail instead)."""
+    pytest.importorskip("napari")
+    pytest.importorskip("pytestqt")
+    if not os.environ.get("DISPLAY"):
+        reason = "napari's canvas needs an X server: install Debian's xvfb (pytest-xvfb starts it)"
+        if os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason, allow_module_level=True)

@@ -80,7 +80,7 @@ def test_reads_ome_ngff_0_5_from_zarr_v3(tmp_path):
 
 
 def test_plain_zarr_array_needs_axes_and_bad_ome_axes_are_refused(tmp_path):
-    zarr.create_array(tmp_path / "plain.zarr", shape=(8, 9), dtype="float32")
+    zarr.create_array(tmp_path / "plain.zarr", shape=(8, 9), dtype="float32")[:] = image((8, 9))
     with pytest.raises(CarekitError, match="pass --axes"):
         open_omezarr(tmp_path / "plain.zarr")
     assert open_omezarr(tmp_path / "plain.zarr", "YX")[1] == "YX"

@@ -67,6 +67,38 @@ def test_network_shapes_and_tiling():
     assert np.abs(run((3, 2)) - whole).max() < 1e-4
 
 
+def test_pooled_scores_tile_exactly_and_cost_a_fraction():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    net = ProjectionNet(1, 1, proj_pool=4, n_first=8, kernel_size=3).eval()
+    x = np.random.default_rng(1).random((1, 1, 6, 100, 70)).astype(np.float32)
+
+    def run(n_tiles):
+        return predict_tiled(lambda t: net(t, with_height=True), x, choose_engine("cpu", "float32"),
+                             grid=net.divisor(), halo=net.halo(), bytes_per_voxel=net.bytes_per_pixel(6),
+                             n_tiles=n_tiles)  # fmt: skip
+
+    assert np.abs(run((3, 2)) - run((1, 1))).max() < 1e-4
+    flops = {}
+    for pool in (1, 4):
+        with FlopCounterMode(display=False) as counter:
+            ProjectionNet(1, 1, proj_pool=pool, n_first=8, kernel_size=3)(torch.rand(1, 1, 6, 32, 32))
+        flops[pool] = counter.get_flop_counts()["ProjectionNet.project"]
+    assert sum(flops[4].values()) * 10 < sum(flops[1].values())  # 16x fewer voxels
+
+
+def test_old_model_folders_keep_full_resolution_scores():
+    from carekit.config import Config
+
+    config = Config(axes="ZYX", mode="projection", spatial="YX", projection={"depth": 2, "n_first": 8,
+                    "kernel_size": 3})  # as written before the pooling existed  # fmt: skip
+    assert config.projection.pool == 1
+    assert Config.from_dict(config.to_dict()).projection.pool == 1
+    with pytest.raises(CarekitError, match="projection pooling must be 1, 2, 4 or 8"):
+        Config(axes="ZYX", mode="projection", spatial="YX", projection={"pool": 3})
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     rng = np.random.default_rng(3)
@@ -87,6 +119,7 @@ def test_tiny_training_beats_max_projection(trained):
     assert restored.shape == truth.shape
     care, maxproj = evaluate(restored, truth)["psnr"], evaluate(noisy.max(axis=0), truth)["psnr"]
     assert care > maxproj + 2.5, (care, maxproj)
+    assert trained.config.projection.pool == 4  # new models score laterally averaged stacks
 
 
 def test_height_map_follows_a_tilted_plane(tmp_path):

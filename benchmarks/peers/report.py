@@ -103,4 +103,7 @@ def quality_table(level: dict, tools: list[str]) -> str:
     gap = level.get("float32_gap_db")
     if gap is not None:
         rows.append(["carekit float32 − default (dB)", cell(gap, 3), "", "", ""])
+    for peer, seconds in level.get("carekit_seconds_to_peer", {}).items():
+        reached = f"{seconds:g} s" if seconds is not None else "not within the budgets tried"
+        rows.append([f"carekit's training time to {peer}'s PSNR", reached, "", "", ""])
     return markdown(header, [[str(c) for c in r] for r in rows])

@@ -25,9 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import envs
 import report
 import workloads
+from cpulock import cpu_lock
 from workloads import Job
 
 HERE = Path(__file__).resolve().parent
@@ -53,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--budget", type=float, default=240.0, help="training seconds per tool in the quality runs")
     ap.add_argument("--photons", default="10,100", help="peak photon levels of the quality data (comma list)")
     ap.add_argument("--image", type=Path, help="n2v: a clean image (TIFF, 2D planes) to use instead of the demo stack")
+    ap.add_argument("--carekit-budgets", default="30,45,60,90",
+                    help="carekit also trains for these seconds: its time to reach each peer's quality")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="tiny sizes and a few steps (smoke test)")
     ap.add_argument("--venvs", type=Path, default=envs.DEFAULT_VENVS, help="where the peers' venvs live")
     ap.add_argument("--here", action="store_true", help="run every tool in this Python (no venvs)")
@@ -61,6 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.only = choices(a.only or list(WORKLOADS), WORKLOADS, "workload")
     a.tools = choices([a.tools], TOOLS, "tool")
     a.photons = [float(p) for p in a.photons.split(",")]
+    a.carekit_budgets = tuple(float(b) for b in a.carekit_budgets.split(",") if b.strip())
     if a.quick:
         a.budget = min(a.budget, 10.0)
     return a
@@ -106,7 +111,7 @@ def plan(a: argparse.Namespace, folder: Path) -> tuple[list[Job], list[workloads
     data = []
     if "quality" in a.only:
         data = [workloads.quality_data(p, folder) for p in a.photons]
-        jobs += workloads.quality_jobs(a.tools, data, a.budget, folder)
+        jobs += workloads.quality_jobs(a.tools, data, a.budget, folder, () if a.quick else a.carekit_budgets)
     if "n2v" in a.only:
         n2v = [workloads.n2v_data(p, folder, a.image) for p in a.photons]
         jobs += workloads.n2v_jobs(a.tools, n2v, a.budget, folder)
@@ -186,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     pythons = {t: Path(sys.executable) for t in a.tools} if a.here else envs.ensure(a.tools, a.venvs)
     warn_if_busy()
-    with tempfile.TemporaryDirectory(prefix="carekit-peers-") as d:
+    with tempfile.TemporaryDirectory(prefix="carekit-peers-") as d, cpu_lock(exclusive=True):
         folder = Path(d)
         jobs, data = plan(a, folder)
         print(f"{len(jobs)} jobs, one at a time; workers' logs in {folder}", flush=True)

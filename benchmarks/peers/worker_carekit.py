@@ -69,8 +69,8 @@ def predict(job: dict) -> dict:
 
 
 def quality(job: dict) -> dict:
-    """Train on the job's pairs for its budget, restore its test stack with the default and float32
-    paths and with test-time augmentation (8 flips/rotations, ``--tta``)."""
+    """Train on the job's pairs for its budget, restore its test stack with the default path and, where the
+    job asks, in float32 and with test-time augmentation (8 flips/rotations, ``--tta``)."""
     low, high = np.load(job["train_low"]), np.load(job["train_high"])
     test = np.load(job["test_low"])
     with tempfile.TemporaryDirectory() as d:
@@ -79,10 +79,9 @@ def quality(job: dict) -> dict:
         )
         history = (Path(d) / "m" / "history.csv").read_text().splitlines()[1:]
     steps = sum(int(row.split(",")[1]) for row in history)
-    outputs = {"default": model.predict(test, "SYX"), "float32": model.predict(test, "SYX", precision="float32")}
-    outputs["tta"] = model.predict(test, "SYX", tta=True)
-    for name, out in outputs.items():
-        np.save(job["outputs"][name], out.astype(np.float32))
+    options = {"default": {}, "float32": {"precision": "float32"}, "tta": {"tta": True}}
+    for name, path in job["outputs"].items():
+        np.save(path, model.predict(test, "SYX", **options[name]).astype(np.float32))
     return {"steps": steps, "engine": choose_engine("auto", "auto").describe()}
 
 

@@ -110,16 +110,22 @@ def quality_data(photons: float, folder: Path) -> QualityData:
     return QualityData(photons, **files, test_truth=truth[test], test_noisy=noisy[test])
 
 
-def quality_jobs(tools: list[str], data: list[QualityData], budget: float, folder: Path) -> list[Job]:
-    """One training run per tool and photon level, each for ``budget`` seconds."""
+def quality_jobs(tools: list[str], data: list[QualityData], budget: float, folder: Path,
+                 carekit_budgets: tuple[float, ...] = ()) -> list[Job]:  # fmt: skip
+    """One training run per tool and photon level, each for ``budget`` seconds; carekit also trains for
+    each of ``carekit_budgets`` (the time it takes to reach each peer's quality)."""
     jobs = []
     for d in data:
         for t in tools:
             names = ("default", "float32", "tta") if t == "carekit" else ("default",)
-            outputs = {n: str(folder / f"p{d.photons:g}-{t}-{n}.npy") for n in names}
-            spec = {"task": "quality", "budget": budget, "outputs": outputs}
-            spec.update(train_low=str(d.train_low), train_high=str(d.train_high), test_low=str(d.test_low))
-            jobs.append(Job("quality", f"{d.photons:g} photons", t, spec))
+            runs = [(budget, names, t)]
+            if t == "carekit":
+                runs += [(b, ("default",), f"carekit {b:g} s") for b in carekit_budgets]
+            for seconds, kinds, label in runs:
+                outputs = {n: str(folder / f"p{d.photons:g}-{label.replace(' ', '')}-{n}.npy") for n in kinds}
+                spec = {"task": "quality", "budget": seconds, "outputs": outputs, "label": label}
+                spec.update(train_low=str(d.train_low), train_high=str(d.train_high), test_low=str(d.test_low))
+                jobs.append(Job("quality", f"{d.photons:g} photons", t, spec))
     return jobs
 
 
@@ -160,8 +166,8 @@ def n2v_jobs(tools: list[str], data: list[QualityData], budget: float, folder: P
         for t in (t for t in tools if t in N2V_TOOLS):
             names = ("default", "float32", "tta") if t == "carekit" else ("default",)
             outputs = {n: str(folder / f"{d.test_low.stem}-{t}-{n}.npy") for n in names}
-            spec = {"task": "quality_n2v", "budget": budget, "outputs": outputs, "train_low": str(d.train_low),
-                    "test_low": str(d.test_low)}  # fmt: skip
+            spec = {"task": "quality_n2v", "budget": budget, "outputs": outputs, "label": t,
+                    "train_low": str(d.train_low), "test_low": str(d.test_low)}  # fmt: skip
             jobs.append(Job("n2v", f"{d.photons:g} photons", t, spec))
     return jobs
 
@@ -180,7 +186,8 @@ def score_level(data: QualityData, jobs: list[Job]) -> dict:
             scores[job.tool] = {"error": (job.result or {}).get("error", "not run")}
             continue
         for name, path in job.spec["outputs"].items():
-            label = job.tool if name == "default" else f"{job.tool} {name}"
+            tool = job.spec.get("label", job.tool)
+            label = tool if name == "default" else f"{tool} {name}"
             scores[label] = {**demo.scores(np.load(path), data.test_truth), "steps": job.result.get("steps")}
     psnr = {k: v.get("psnr") for k, v in scores.items()}
 
@@ -189,6 +196,9 @@ def score_level(data: QualityData, jobs: list[Job]) -> dict:
 
     gap = psnr["carekit float32"] - psnr["carekit"] if psnr.get("carekit float32") and psnr.get("carekit") else None
     nlm = psnr["NLM (tuned on truth)"]
+    budgets = sorted((j.spec["budget"], psnr.get(j.spec["label"])) for j in jobs if j.tool == "carekit")
+    reach = {p: next((b for b, v in budgets if v is not None and v >= psnr[p]), None)
+             for p in ("csbdeep", "careamics") if psnr.get(p) is not None}  # fmt: skip
     return {
         "title": data.title,
         "photons": data.photons,
@@ -198,4 +208,6 @@ def score_level(data: QualityData, jobs: list[Job]) -> dict:
         "gain_db": over_peers("carekit"),
         "tta_gain_db": over_peers("carekit tta"),
         "float32_gap_db": gap,
+        "carekit_psnr_by_budget": budgets,
+        "carekit_seconds_to_peer": reach,
     }

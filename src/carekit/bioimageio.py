@@ -27,7 +27,7 @@ import torch
 
 from carekit._version import __version__
 from carekit.errors import CarekitError
-from carekit.io import atomic_path
+from carekit.io import atomic_path, check_result
 from carekit.model import CARE, state_dict_cpu, unet_settings
 from carekit.nets import packaged, unet
 from carekit.nets.packaged import PackagedNet
@@ -91,6 +91,9 @@ def sample_input(model: CARE, image: np.ndarray | None, minimum: list[int]) -> n
         short = [(0, max(0, low - size)) for size, low in zip(image.shape[2:], minimum, strict=True)]
         image = np.pad(image, [(0, 0), (0, 0), *short], mode="symmetric")
     image = np.asarray(image, np.float32)[:1]
+    if image.shape[1] != c.n_channel_in:
+        raise CarekitError(f"sample image has {image.shape[1]} channel(s) but the model takes {c.n_channel_in}; "
+                           "check --axes")  # fmt: skip
     crop = []
     for size, low in zip(image.shape[2:], minimum, strict=True):
         want = max(low, min(size, SAMPLE_EDGE[c.ndim]))
@@ -184,12 +187,21 @@ def export(model: CARE, out: str | Path, *, sample: np.ndarray | None = None, na
     with torch.no_grad():
         result = net(torch.from_numpy(x))
     y = [t.numpy() for t in (result if isinstance(result, tuple) else (result,))]
+    for t in y:
+        check_result(t, f"{out}: the model's output on the test image")
     name = name or f"CARE {model.directory.name if model.directory else model.config.mode} (carekit)"
     with tempfile.TemporaryDirectory() as tmp:
         files = write_files(Path(tmp), net, x, y, model, name)
-        descr = describe(model, net, files, minimum, halo, name, author or getpass.getuser(), license, y)
-        with atomic_path(out) as partial:
-            save_bioimageio_package(descr, output_path=partial)
+        try:
+            descr = describe(model, net, files, minimum, halo, name, author or getpass.getuser(), license, y)
+            with atomic_path(out) as partial:
+                save_bioimageio_package(descr, output_path=partial)
+        except CarekitError:
+            raise
+        except ValueError as e:  # pydantic's ValidationError: the description breaks a rule of the specification
+            first = " ".join(str(e).split())[:300]
+            raise CarekitError(f"{out}: bioimage.io rejects the package description ({first}); check --name, "
+                               "--author and --license") from None  # fmt: skip
     return out
 
 
@@ -240,6 +252,15 @@ def tensor_axes(bio, kind: str, names: list[str], spatial: list[str], minimum: l
     return axes
 
 
+def reproducibility(y: list[np.ndarray]) -> dict[str, float]:
+    """Tolerances for reproducing the test outputs: 1e-4 of the output's range, absolute, where the
+    specification allows it (at most 1 % of every output's maximum, so none for a negative maximum,
+    as a briefly trained model may give); else relative only."""
+    span = float(np.ptp(y[0])) or 1.0
+    absolute = max(0.0, min(1e-4 * span, *(0.01 * float(t.max()) for t in y)))
+    return {"relative_tolerance": 1e-4 if absolute > 0 else 1e-3, "absolute_tolerance": absolute}
+
+
 def describe(model, net, files, minimum, halo, name, author, license, y):
     """The bioimage.io model description (spec 0.5) for the written files."""
     from bioimageio.spec.model import v0_5 as bio
@@ -270,8 +291,7 @@ def describe(model, net, files, minimum, halo, name, author, license, y):
         ),
         onnx=bio.OnnxWeightsDescr(source=files["onnx"], opset_version=ONNX_OPSET, parent="pytorch_state_dict"),
     )
-    span = float(np.ptp(y[0])) or 1.0
-    tolerance = bio.ReproducibilityTolerance(relative_tolerance=1e-4, absolute_tolerance=1e-4 * span)
+    tolerance = bio.ReproducibilityTolerance(**reproducibility(y))
     settings = {"version": __version__, "config": json.loads(json.dumps(c.to_dict()))}
     return bio.ModelDescr(
         name=name,

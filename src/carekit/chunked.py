@@ -29,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from carekit import threads
 from carekit.axes import Layout, check_axes, rearrange
 from carekit.blocks import Plan, make_plan, window_bytes_per_voxel
 from carekit.ensemble import load
 from carekit.errors import CarekitError
-from carekit.io import read_json, write_json
-from carekit.lazy import Source, open_input, open_source, percentiles_chunked, read_window, source_of
+from carekit.io import check_result, inside, read_json, remove_stale_partials, write_failed, write_json
+from carekit.lazy import Source, content_state, open_input, open_source, percentiles_chunked, read_window, source_of
 from carekit.model import CARE, state_dict_cpu
 from carekit.normalize import normalize
 from carekit.omezarr import canonical_axes, create_image, write_multiscales
@@ -125,12 +126,14 @@ def compute_block(job: Job, block: Block) -> np.ndarray:
     if array is None:
         array = cached("input", (job.source, job.run_id), lambda: open_source(job.source))
     maps = job.plan.window(block.core)
-    x = read_window(job.layout, array, block.sample, maps)
+    x = read_window(job.layout, array, block.sample, maps, job.source.path if job.source else "input")
     shape = (1, len(block.lo)) + (1,) * len(maps)
     lo, hi = np.asarray(block.lo, np.float32).reshape(shape), np.asarray(block.hi, np.float32).reshape(shape)
     y = model.run_net(normalize(x, lo, hi), model.engine(job.device, job.precision), memory=job.memory)
     crop = tuple(slice(a - int(m[0]), b - int(m[0])) for (a, b), m in zip(block.core, maps, strict=True))
-    return model.to_intensities(y[(slice(None), slice(None), *crop)], lo, hi)[0][0]
+    restored = model.to_intensities(y[(slice(None), slice(None), *crop)], lo, hi)[0][0]
+    check_result(restored, f"block {block.name}")
+    return restored
 
 
 def write_block(job: Job, block: Block, restored: np.ndarray) -> None:
@@ -140,13 +143,17 @@ def write_block(job: Job, block: Block, restored: np.ndarray) -> None:
     out = cached("output", (job.partial, job.run_id), lambda: zarr.open_array(str(Path(job.partial) / "0"), mode="r+"))
     layout = job.layout
     kept = "".join(a for a in job.out_axes if a not in layout.sample_axes)
-    out[layout.select(block.sample, [slice(*c) for c in block.core], job.out_axes)] = rearrange(
-        restored, "C" + layout.spatial, kept
-    )
     marker = Path(job.partial) / MARKERS / f"{block.name}.done"
     tmp = marker.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text("")
-    os.replace(tmp, marker)
+    try:
+        out[layout.select(block.sample, [slice(*c) for c in block.core], job.out_axes)] = rearrange(
+            restored, "C" + layout.spatial, kept
+        )
+        tmp.write_text("")
+        os.replace(tmp, marker)
+    except OSError as e:  # a full disk: the block stays unmarked, a rerun writes it again
+        tmp.unlink(missing_ok=True)
+        raise write_failed(Path(job.partial), e) from None
 
 
 def run_block(job: Job, block: Block) -> str:
@@ -159,7 +166,8 @@ def run_block(job: Job, block: Block) -> str:
 def restore_chunked(model, image, output: str | Path, *, axes: str | None = None,
                     spacing: dict[str, float] | None = None, memory: int | None = None, device: str = "auto",
                     precision: str | None = None, dask: str | None = None, overwrite: bool = False,
-                    progress: bool = True, on_block: Callable[[Block], None] | None = None) -> Path:  # fmt: skip
+                    progress: bool = True, on_block: Callable[[Block], None] | None = None,
+                    allow_missing_chunks: bool = False) -> Path:  # fmt: skip
     """Restore an array of any size into an OME-Zarr image, block by block, resumably.
 
     Parameters
@@ -180,12 +188,14 @@ def restore_chunked(model, image, output: str | Path, *, axes: str | None = None
     device, precision : str
         As for :meth:`CARE.predict`.
     dask : str, optional
-        ``"local"`` runs blocks on a local cluster of 2 worker processes; ``"tcp://host:8786"``
-        on an existing scheduler. Default: blocks run in this process.
+        ``"local"`` runs blocks on a local cluster (a single-threaded worker process per free core);
+        ``"tcp://host:8786"`` on an existing scheduler. Default: blocks run in this process.
     overwrite : bool
         Replace an existing output (and an unfinished run with other settings).
     on_block : callable, optional
         Called with each finished block, in this process.
+    allow_missing_chunks : bool
+        Read chunks missing from a zarr input as its fill value (by default an error).
 
     Examples
     --------
@@ -194,7 +204,7 @@ def restore_chunked(model, image, output: str | Path, *, axes: str | None = None
     model = model_for_chunks(model)
     path = None if not isinstance(image, (str, Path)) else Path(image)
     if path is not None:
-        image, axes, file_spacing = open_input(path, axes, model.config.axes)
+        image, axes, file_spacing = open_input(path, axes, model.config.axes, allow_missing_chunks)
         spacing = spacing or file_spacing
     if dask and (model.directory is None or source_of(image, path) is None):
         raise CarekitError(
@@ -217,9 +227,10 @@ def restore_chunked(model, image, output: str | Path, *, axes: str | None = None
         if dask and todo:
             run_on_dask(dask, job.remote(), todo, finished)
         else:
-            for block in todo:
-                run_block(job, block)
-                finished(block)
+            with threads.scope(window=3, shared_cores=True):
+                for block in todo:
+                    run_block(job, block)
+                    finished(block)
     return finish(job, Path(output), model.output_spacing(spacing), overwrite)
 
 
@@ -247,6 +258,10 @@ def prepare(model, image, path, output, axes, spacing, memory, device, precision
         raise CarekitError(f"{path or 'image'}: {layout.channels} channel(s) along C but the model expects "
                            f"{model.config.n_channel_in}; check --axes and the channel order")  # fmt: skip
     out_axes = canonical_axes(model.output_axes(axes), what=str(output))
+    if path is not None and (inside(path, output) or inside(output, path)):
+        raise CarekitError(
+            f"{output}: the output would overwrite or lie inside the input {path}; choose another output"
+        )
     if output.exists() and not overwrite:
         raise CarekitError(f"{output}: already exists; pass --overwrite to replace it or choose another --output")
     itemsize = np.dtype(image.dtype).itemsize
@@ -263,22 +278,29 @@ def prepare(model, image, path, output, axes, spacing, memory, device, precision
         "output_axes": out_axes,
         "device": device,
         "precision": precision,
+        "content": content_state(image, source),
     }
     partial = Path(f"{output}.partial")
+    remove_stale_partials(output)
     recorded = open_partial(partial, settings, overwrite)
     if recorded is None:
         lo, hi = percentiles_chunked(image, axes, spatial, what=str(path or "image"))
         recorded = start_partial(partial, settings, layout, plan, out_axes, model.config.n_channel_out, lo, hi)
-    plan = Plan(**{k: tuple(v) for k, v in recorded["plan"].items()})
-    job = Job(layout, plan, out_axes, str(partial), recorded["run_id"], settings["model"],
+    try:
+        plan = Plan(**{k: tuple(v) for k, v in recorded["plan"].items()})
+        lo, hi = np.asarray(recorded["lo"], np.float32), np.asarray(recorded["hi"], np.float32)
+        blocks = [
+            Block("_".join(map(str, (n, *(a for a, _ in core)))), n, core, tuple(lo[n].tolist()), tuple(hi[n].tolist()))
+            for n in range(math.prod(layout.sample_shape))
+            for core in plan.cores()
+        ]
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise CarekitError(
+            f"{partial}: the unfinished run's record is damaged; pass --overwrite to start over"
+        ) from None
+    job = Job(layout, plan, out_axes, str(partial), str(recorded["run_id"]), settings["model"],
               str(Path(model.directory).resolve()) if model.directory else None, source, device, precision,
               memory or BLOCK_MEMORY, model, image)  # fmt: skip
-    lo, hi = np.asarray(recorded["lo"], np.float32), np.asarray(recorded["hi"], np.float32)
-    blocks = [
-        Block("_".join(map(str, (n, *(a for a, _ in core)))), n, core, tuple(lo[n].tolist()), tuple(hi[n].tolist()))
-        for n in range(math.prod(layout.sample_shape))
-        for core in plan.cores()
-    ]
     return job, blocks
 
 
@@ -289,8 +311,14 @@ def open_partial(partial: Path, settings: dict, overwrite: bool) -> dict | None:
     if not (partial / SETTINGS).exists():  # a start interrupted before its settings were written
         shutil.rmtree(partial)
         return None
-    recorded = read_json(partial / SETTINGS)
-    changed = [k for k, v in settings.items() if recorded.get(k) != v]
+    try:
+        recorded = read_json(partial / SETTINGS)
+        changed = [k if k != "content" else "input content" for k, v in settings.items() if recorded.get(k) != v]
+        readable = isinstance(recorded.get("plan"), dict) and all(k in recorded for k in ("run_id", "lo", "hi"))
+    except CarekitError:
+        recorded, changed, readable = {}, ["record (damaged)"], False
+    if not changed and not readable:
+        changed = ["record (damaged)"]
     if not changed:
         return recorded
     if overwrite:
@@ -328,12 +356,14 @@ def finish(job: Job, output: Path, spacing, overwrite: bool) -> Path:
 
 
 def run_on_dask(address: str, job: Job, todo: list[Block], finished: Callable[[Block], None]) -> None:
-    """One task per block on a local 2-worker cluster (``"local"``) or the scheduler at ``address``."""
+    """One task per block on a local cluster (``"local"``: a single-threaded worker per free core) or
+    the scheduler at ``address``."""
     from distributed import Client, LocalCluster, as_completed
 
     with contextlib.ExitStack() as stack:
         if address == "local":
-            target = stack.enter_context(LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+            workers = threads.initial_threads()  # one single-threaded worker per free core
+            target = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                       dashboard_address=None))  # fmt: skip
         else:
             target = address

@@ -7,7 +7,11 @@ against reading folders from an incompatible carekit.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+import itertools
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from carekit._version import __version__
@@ -15,16 +19,91 @@ from carekit.axes import check_axes
 from carekit.engine import PRECISIONS
 from carekit.errors import CarekitError
 from carekit.registry import mode_of
+from carekit.uncertainty import PIT_GRID
 
 FORMAT_VERSION = 1
 LOSSES = ("mae", "mse")
 SCHEDULES = ("plateau", "cosine")
+INITS = ("pretrained", "scratch")
+# Bounds far beyond any useful setting, so that a damaged or hostile config.json cannot ask for a
+# network of terabytes or a patch larger than any microscope image.
+MAX_PARAMETERS = 2 * 10**8  # the estimate of ``parameter_estimate`` (an upper bound)
+MAX_CHANNELS = 4096
+MAX_PATCH = 4096
+MAX_BATCH = 65536
+MAX_SEED = 2**63 - 1
 
 
 def require(ok: bool, message: str) -> None:
     """Raise ``CarekitError(message)`` unless ``ok``."""
     if not ok:
         raise CarekitError(message)
+
+
+def check_types(obj: Any, where: str = "") -> None:
+    """Check (and convert: lists to tuples, ints to floats) every field of dataclass ``obj`` against
+    its type hint, so that a configuration read from a file fails with one line naming the field
+    rather than deep inside the code. Floats must be finite."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        setattr(obj, f.name, checked(getattr(obj, f.name), hints[f.name], where + f.name))
+
+
+def checked(value: Any, hint: Any, name: str) -> Any:
+    """``value`` if it has type ``hint`` (converted where harmless), else a :class:`CarekitError`."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = typing.get_args(hint) if union else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for kind in options:
+        ok, converted = converted_to(value, kind)
+        if ok:
+            return converted
+    wanted = " or ".join(type_name(k) for k in options)
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    raise CarekitError(f"{name} must be {wanted}, got {shown}")
+
+
+def converted_to(value: Any, kind: Any) -> tuple[bool, Any]:
+    """Whether ``value`` is of ``kind`` (a type hint), and the value to keep."""
+    origin = typing.get_origin(kind)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is Any:
+        return True, value
+    if kind is bool or kind is str:
+        return isinstance(value, kind), value
+    if kind is int:
+        return is_number and isinstance(value, int), value
+    if kind is float:
+        ok = is_number and math.isfinite(value)
+        return ok, float(value) if ok else value
+    if origin is tuple:
+        ok = isinstance(value, (list, tuple)) and all(converted_to(v, int)[0] for v in value)
+        return ok, tuple(value) if ok else value
+    if kind is dict or origin is dict:
+        return isinstance(value, dict), value
+    if is_dataclass(kind):
+        return isinstance(value, (kind, dict)), value
+    return False, value
+
+
+def type_name(kind: Any) -> str:
+    names = {bool: "true or false", str: "a string", int: "an integer", float: "a finite number",
+             type(None): "null"}  # fmt: skip
+    if kind in names:
+        return names[kind]
+    if typing.get_origin(kind) is tuple:
+        return "a list of integers"
+    return "an object"
+
+
+def parameter_estimate(ndim: int, channels: tuple[int, int], depth: int, n_first: int, kernel: int,
+                       n_conv: int) -> int:  # fmt: skip
+    """An upper bound of a U-Net's parameter count (each level's convolutions at twice its features)."""
+    features = [n_first * 2**level for level in range(depth + 1)]
+    per_kernel = kernel**ndim
+    body = sum(2 * n_conv * (2 * f) ** 2 for f in features)
+    return per_kernel * (channels[0] * n_first + body) + n_first * 2 * channels[1]
 
 
 def default_spatial(axes: str) -> str:
@@ -100,6 +179,9 @@ class NetConfig:
         out.validate()
         return out
 
+    def __post_init__(self) -> None:
+        check_types(self, "net.")
+
     def settled(self, residual: bool | None = None) -> NetConfig:
         """Every choice made: a residual still open takes ``residual`` (none where that is None
         too), and batch normalisation still open goes against the residual."""
@@ -110,10 +192,17 @@ class NetConfig:
         require(1 <= self.depth <= 6, f"net depth must be 1..6, got {self.depth}")
         require(1 <= self.n_first <= 1024, f"n_first must be 1..1024, got {self.n_first}")
         require(
-            self.kernel_size is None or (self.kernel_size >= 1 and self.kernel_size % 2 == 1),
-            f"kernel size must be a positive odd number, got {self.kernel_size}",
+            self.kernel_size is None or (1 <= self.kernel_size <= 31 and self.kernel_size % 2 == 1),
+            f"kernel size must be an odd number from 1 to 31, got {self.kernel_size}",
         )
-        require(self.n_conv >= 1, f"n_conv must be at least 1, got {self.n_conv}")
+        require(1 <= self.n_conv <= 8, f"n_conv must be 1..8, got {self.n_conv}")
+
+    def check_size(self, ndim: int, channels: tuple[int, int]) -> None:
+        """Refuse a network too large to build (a damaged configuration could ask for terabytes)."""
+        n = parameter_estimate(ndim, channels, self.depth, self.n_first, self.kernel_size or 5, self.n_conv)
+        require(n <= MAX_PARAMETERS, f"net: depth {self.depth}, {self.n_first} first features, kernel "
+                f"{self.kernel_size} and {channels[0]} -> {channels[1]} channels make up to {n:.1e} parameters; "
+                f"carekit builds at most {MAX_PARAMETERS:.0e}; choose a smaller depth, n_first or kernel")  # fmt: skip
 
 
 def default_patches(ndim: int) -> tuple[tuple[int, ...], int]:
@@ -130,6 +219,9 @@ class TrainConfig:
     ``lr_schedule``: ``"plateau"`` halves the learning rate after ``lr_patience`` epochs
     without validation improvement; ``"cosine"`` decays it smoothly to zero over the
     run (over the time budget, when one is given).
+
+    ``init``: ``"pretrained"`` starts from the generic network shipped with carekit where the mode
+    and network have one (see :mod:`carekit.pretrained`), ``"scratch"`` from random weights.
 
     ``ema``: where above 0, the weights validated and saved are an exponential moving
     average of the trained ones with this decay per step; off by default (on the demo data it
@@ -155,10 +247,10 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     precision: str = "auto"
+    init: str = "pretrained"
 
     def __post_init__(self) -> None:
-        if self.patch_size is not None:
-            self.patch_size = tuple(int(p) for p in self.patch_size)
+        check_types(self, "train.")
         self.validate()
 
     def resolved(self, ndim: int) -> TrainConfig:
@@ -170,11 +262,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         require(self.loss in LOSSES, f"loss '{self.loss}' is unknown; use one of {', '.join(LOSSES)}")
-        require(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
-        require(self.steps_per_epoch >= 1, f"steps per epoch must be at least 1, got {self.steps_per_epoch}")
+        require(1 <= self.epochs <= 10**7, f"epochs must be 1..10000000, got {self.epochs}")
+        require(1 <= self.steps_per_epoch <= 10**8, f"steps per epoch must be 1..100000000, got {self.steps_per_epoch}")
         batch = self.batch_size
-        require(batch is None or batch >= 1, f"batch size must be at least 1, got {batch}")
+        require(batch is None or 1 <= batch <= MAX_BATCH, f"batch size must be 1..{MAX_BATCH}, got {batch}")
         require(self.learning_rate > 0, f"learning rate must be positive, got {self.learning_rate}")
+        require(self.lr_patience >= 0, f"lr patience must be 0 or more epochs, got {self.lr_patience}")
+        require(0 <= self.seed <= MAX_SEED, f"seed must be a non-negative integer, got {self.seed}")
         require(
             self.lr_schedule in SCHEDULES, f"lr schedule '{self.lr_schedule}' is unknown; use {', '.join(SCHEDULES)}"
         )
@@ -183,11 +277,14 @@ class TrainConfig:
         jitter = self.intensity_jitter
         require(jitter is None or isinstance(jitter, bool), f"intensity jitter must be true, false or null: {jitter}")
         require(0 <= self.validation_fraction < 1, "validation fraction must be in [0, 1)")
-        require(self.validation_patches >= 0, "validation patches must be >= 0")
+        require(0 <= self.validation_patches <= 10**6, "validation patches must be 0..1000000")
         require(0 <= self.background_threshold < 1, "background threshold must be in [0, 1)")
         require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}")
+        require(self.init in INITS, f"init '{self.init}' is unknown; use one of {', '.join(INITS)}")
         if self.patch_size is not None:
-            require(all(p >= 1 for p in self.patch_size), f"patch size must be positive, got {self.patch_size}")
+            patch = self.patch_size
+            require(len(patch) in (2, 3), f"patch size needs 2 (YX) or 3 (ZYX) entries, got {patch}")
+            require(all(1 <= p <= MAX_PATCH for p in patch), f"patch size must be 1..{MAX_PATCH} per axis, got {patch}")
 
 
 # Every NetConfig and TrainConfig field is a flag of 'carekit train' (``--kernel-size`` for
@@ -206,8 +303,9 @@ FIELD_HELP = {
     "ema": "save a running average of the weights, this decay per step (0: off)",
     "intensity_jitter": "normalise patches with random percentiles (default: with the residual, else 2 and 99.8)",
     "validation_fraction": "share of the pixels held out for validation (default 0.1)",
+    "init": "start from carekit's pre-trained network where there is one (default), or from scratch",
 }
-FIELD_CHOICES = {"loss": LOSSES, "lr_schedule": SCHEDULES, "precision": PRECISIONS}
+FIELD_CHOICES = {"loss": LOSSES, "lr_schedule": SCHEDULES, "precision": PRECISIONS, "init": INITS}
 
 
 @dataclass
@@ -228,11 +326,15 @@ class Config:
     synthetic: dict[str, Any] | None = None
     n2v: Any = None
     calibration: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None  # the network against the best simple filter (carekit.margin)
 
     def __post_init__(self) -> None:
+        check_types(self)
         kind = mode_of(self.mode)
         if kind.part_type is not None and isinstance(getattr(self, kind.part), dict):
             setattr(self, kind.part, kind.part_type(**getattr(self, kind.part)))
+        if kind.part_type is not None and is_dataclass(getattr(self, kind.part)):
+            check_types(getattr(self, kind.part), f"{kind.part}.")
         if isinstance(self.net, dict):
             self.net = NetConfig(**self.net)
         if isinstance(self.train, dict):
@@ -241,13 +343,17 @@ class Config:
         self.spatial = self.spatial or default_spatial(self.axes)
         require(self.spatial in ("YX", "ZYX"), f"spatial axes must be YX or ZYX, got {self.spatial}")
         require(all(a in self.axes for a in self.spatial), f"axes '{self.axes}' lack the network's axes {self.spatial}")
-        require(self.n_channel_in >= 1 and self.n_channel_out >= 1, "channel counts must be at least 1")
+        channels = (self.n_channel_in, self.n_channel_out)
+        require(all(1 <= c <= MAX_CHANNELS for c in channels), f"channels must be 1..{MAX_CHANNELS}, got {channels}")
+        check_intensity_map(self.intensity_map, self.n_channel_out)
+        check_calibration(self.calibration)
         require(not self.net.independent_channels or self.n_channel_in == self.n_channel_out,
                 f"independent channels restore each channel by itself, but the model maps {self.n_channel_in} "
                 f"to {self.n_channel_out} channel(s); train without --independent-channels")  # fmt: skip
         if kind.check is not None:
             kind.check(self)
         self.net = self.net.resolved(self.ndim, kind.net_defaults or RESTORE_NET)
+        self.net.check_size(self.ndim, channels)
         self.train = self.train.resolved(self.ndim)
 
     @property
@@ -264,7 +370,10 @@ class Config:
         d = dict(d)
         version = d.pop("format_version", None)
         written_by = d.pop("carekit_version", "unknown")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise CarekitError(f"{source}: format_version {version!r} is not a model format number; the file is "
+                               "damaged or not a carekit model")  # fmt: skip
+        if version > FORMAT_VERSION:
             raise CarekitError(
                 f"{source}: model format {version} (written by carekit {written_by}) is newer than this "
                 f"carekit reads (format {FORMAT_VERSION}); upgrade carekit"
@@ -277,3 +386,42 @@ class Config:
             return cls(**d)
         except TypeError as e:
             raise CarekitError(f"{source}: damaged configuration ({e})") from None
+        except CarekitError as e:
+            raise CarekitError(f"{source}: {e}; the configuration is damaged or from another program") from None
+
+
+def check_intensity_map(imap: dict | None, channels: int) -> None:
+    """An intensity map holds one finite gain and offset per output channel."""
+    if imap is None:
+        return
+    for key in ("gain", "offset"):
+        values = imap.get(key)
+        ok = isinstance(values, list) and len(values) == channels
+        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        require(ok, f"intensity_map.{key} must be {channels} finite number(s), got {values!r:.60}")
+
+
+def check_calibration(calibration: dict | None) -> None:
+    """A calibration holds its table: non-decreasing probabilities at ``PIT_GRID``."""
+    if not calibration:
+        return
+    pit = calibration.get("pit")
+    ok = isinstance(pit, list) and len(pit) == len(PIT_GRID)
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in pit)
+    ok = ok and all(a <= b for a, b in itertools.pairwise(pit))
+    require(ok, f"calibration.pit must be {len(PIT_GRID)} non-decreasing probabilities; calibrate the model again")
+    if "tables" in calibration or "centres" in calibration:  # per predicted-intensity bin (carekit.calibration)
+        tables, centres = calibration.get("tables"), calibration.get("centres")
+        ok = isinstance(tables, list) and isinstance(centres, list) and 1 <= len(tables) == len(centres) <= 1000
+        ok = ok and all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in centres)
+        ok = ok and all(a <= b for a, b in itertools.pairwise(centres))
+        edges = calibration.get("edges", [])
+        ok = ok and isinstance(edges, list) and len(edges) in (0, len(centres) - 1)
+        ok = ok and all(isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e) for e in edges)
+        ok = ok and all(a <= b for a, b in itertools.pairwise(edges))
+        for table in tables if ok else ():
+            ok = ok and isinstance(table, list) and len(table) == len(PIT_GRID)
+            ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in table)
+            ok = ok and all(a <= b for a, b in itertools.pairwise(table))
+        require(ok, "calibration.tables must hold one non-decreasing table per bin at increasing centres and edges; "
+                "calibrate the model again")  # fmt: skip

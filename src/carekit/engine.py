@@ -1,38 +1,104 @@
 """Where and in which precision networks run.
 
-The fast default: on CPUs with native bfloat16 (AVX-512 BF16 or AMX) networks run
-under bfloat16 autocast in channels-last layout; on CUDA under bfloat16 (or float16
-where bfloat16 is missing) autocast; everywhere else in float32.
+Precision follows what runs fastest here, not what a library calls "supported": on CUDA,
+bfloat16 (or float16 where bfloat16 is missing) autocast; on a CPU, bfloat16 autocast in
+channels-last layout only where the CPU computes bfloat16 natively (AVX-512 BF16 or AMX).
+oneDNN emulates bfloat16 on other AVX-512 CPUs, which made the default 2D training step 1.8x
+slower than float32 on an Ice Lake Xeon. Where the CPU's flags do not settle it (no
+``/proc/cpuinfo``, Arm), a short measurement of the network itself in both precisions decides,
+cached per machine and network shape.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from functools import lru_cache
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
 from carekit.errors import CarekitError
+from carekit.hardware import NATIVE_BF16_X86, cache_dir, this_cpu
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """True where oneDNN has native bfloat16 kernels on this CPU."""
+BF16_GAIN = 0.8  # measured bfloat16 passes must take at most this share of float32's to be chosen
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What to time where the CPU's flags do not settle the precision: ``net`` on an input of
+    ``shape``, forward and backward (``train``) or forward only."""
+
+    net: nn.Module
+    shape: tuple[int, ...]
+    train: bool = False
+
+    def key(self) -> str:
+        cpu = this_cpu()
+        name = type(self.net).__name__
+        params = sum(p.numel() for p in self.net.parameters())
+        return f"{cpu.model}|{cpu.arch}|torch {torch.__version__}|{name} {params}|{list(self.shape)}|train {self.train}"
+
+
+def time_pass(net: nn.Module, shape: tuple[int, ...], engine: Engine, train: bool, repeats: int = 2) -> float:
+    """The fastest of ``repeats`` timed passes of a copy of ``net`` (after one warm-up)."""
+    net = engine.prepare(copy.deepcopy(net).train(train))
+    x = engine.tensor(np.random.default_rng(0).random(shape, np.float32))
+    best = math.inf
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        with torch.set_grad_enabled(train), engine.autocast():
+            out = net(x)
+        if train:
+            out.float().mean().backward()
+        if i:
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measured_precision(probe: Probe) -> tuple[str, str]:
+    """``(precision, reason)`` from timing ``probe`` in float32 and bfloat16 (cached on disk)."""
+    path = cache_dir() / "precision.json"
+    key = probe.key()
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        try:
-            with open("/proc/cpuinfo") as f:
-                flags = f.read()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if key not in cached:
+        cpu = torch.device("cpu")
+        times = {p: time_pass(probe.net, probe.shape, Engine(cpu, p), probe.train) for p in ("float32", "bfloat16")}
+        cached[key] = times
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            tmp.write_text(json.dumps(cached, indent=1))
+            os.replace(tmp, path)
+    times = cached[key]
+    ratio = times["bfloat16"] / times["float32"]
+    chosen = "bfloat16" if ratio <= BF16_GAIN else "float32"
+    return chosen, f"measured: bfloat16 takes {ratio:.2f}x float32's time on this CPU"
+
+
+def cpu_precision(probe: Probe | None) -> tuple[str, str]:
+    """The CPU's fastest precision and why: its flags, else a measurement, else float32."""
+    cpu = this_cpu()
+    native = cpu.native_bf16()
+    if native:
+        return "bfloat16", f"native bfloat16 ({', '.join(f for f in NATIVE_BF16_X86 if f in cpu.flags)})"
+    if native is False:
+        return "float32", "no native bfloat16 (no AVX-512 BF16 or AMX): bfloat16 would be emulated"
+    if probe is not None:
+        return measured_precision(probe)
+    return "float32", "bfloat16 support unknown on this CPU and not measured"
 
 
 @dataclass(frozen=True)
@@ -41,6 +107,7 @@ class Engine:
 
     device: torch.device
     precision: str
+    reason: str = field(default="", compare=False)  # why this precision (for carekit info --system)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -96,8 +163,11 @@ def memory_format(ndim: int) -> torch.memory_format:
     return torch.channels_last_3d if ndim == 3 else torch.channels_last
 
 
-def choose_engine(device: str = "auto", precision: str = "auto") -> Engine:
-    """Pick the device (``auto``: CUDA if present, else CPU) and the fastest safe precision."""
+def choose_engine(device: str = "auto", precision: str = "auto", probe: Probe | None = None) -> Engine:
+    """Pick the device (``auto``: CUDA if present, else CPU) and the fastest safe precision.
+
+    ``probe`` is timed where the CPU's flags leave bfloat16's speed open (see :func:`cpu_precision`).
+    """
     if precision not in PRECISIONS:
         raise CarekitError(f"precision '{precision}' is unknown; use one of {', '.join(PRECISIONS)}")
     if device == "auto":
@@ -108,13 +178,15 @@ def choose_engine(device: str = "auto", precision: str = "auto") -> Engine:
         raise CarekitError(f"device '{device}' is unknown; use auto, cpu or cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CarekitError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    reason = "asked for"
     if precision == "auto":
         if dev.type == "cuda":
             precision = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        elif dev.type == "cpu" and cpu_has_bf16():
-            precision = "bfloat16"
+            reason = "CUDA autocast"
+        elif dev.type == "cpu":
+            precision, reason = cpu_precision(probe)
         else:
-            precision = "float32"
+            precision, reason = "float32", f"{dev.type} runs float32"
     if precision == "float16" and dev.type != "cuda":
         raise CarekitError("float16 runs only on CUDA; use --precision bfloat16 or float32 on this device")
-    return Engine(dev, precision)
+    return Engine(dev, precision, reason)

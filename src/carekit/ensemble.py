@@ -7,24 +7,29 @@ members it is the mixture of their Laplace distributions, with the disagreement 
 (see :mod:`carekit.uncertainty`).
 
 Calibration records, on held-out pairs, where the truth falls in each predicted
-distribution, and stores the table that recalibrates quantiles with the model.
+distribution, and stores the tables that recalibrate quantiles (per bin of predicted
+intensity, :mod:`carekit.calibration`) with the model.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from carekit._version import __version__
+from carekit.calibration import BINS, Observed, calibration_report, fit
+from carekit.config import check_calibration
 from carekit.errors import CarekitError
 from carekit.io import read_json, write_json
-from carekit.model import CARE, CONFIG, LAST, calibration_table
-from carekit.uncertainty import Mixture, calibration_error, coverage, pit_table
+from carekit.model import CARE, CONFIG, LAST, stored_calibration
+from carekit.uncertainty import Mixture
 
 ENSEMBLE = "ensemble.json"
 FORMAT_VERSION = 1
+MAX_MEMBERS = 100
 
 
 class Ensemble:
@@ -67,7 +72,7 @@ class Ensemble:
         if not self.probabilistic:
             raise CarekitError("ensemble members are not probabilistic; train them with --probabilistic")
         means, scales = zip(*(m.predict_with_scale(image, axes, **options) for m in self.members), strict=True)
-        return Mixture(np.stack(means), np.stack(scales), calibration_table(self.calibration))
+        return Mixture(np.stack(means), np.stack(scales), stored_calibration(self.calibration, self.directory))
 
     def save_index(self) -> Path:
         assert self.directory is not None
@@ -81,12 +86,37 @@ class Ensemble:
     def load(cls, directory: str | Path) -> Ensemble:
         d = Path(directory)
         index = read_json(d / ENSEMBLE)
-        if not isinstance(index.get("format_version"), int) or index["format_version"] > FORMAT_VERSION:
+        version = index.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
             raise CarekitError(
                 f"{d / ENSEMBLE}: ensemble format {index.get('format_version')} is newer; upgrade carekit"
             )
-        members = [CARE.load(d / name) for name in index.get("members", [])]
-        return cls(members, d, index.get("calibration"))
+        names = index.get("members")
+        if not isinstance(names, list) or not names or len(names) > MAX_MEMBERS:
+            raise CarekitError(f"{d / ENSEMBLE}: 'members' must list 1..{MAX_MEMBERS} member folders; it is damaged")
+        members = [CARE.load(member_folder(d, name)) for name in names]
+        kinds = {(m.config.mode, m.config.axes, m.config.spatial, m.config.n_channel_in, m.config.n_channel_out,
+                  m.config.net.probabilistic) for m in members}  # fmt: skip
+        if len(kinds) > 1:
+            raise CarekitError(f"{d / ENSEMBLE}: the members differ in mode, axes, channels or probabilistic output; "
+                               "an ensemble's members must be trained alike")  # fmt: skip
+        calibration = index.get("calibration")
+        if calibration is not None:
+            check_calibration(calibration if isinstance(calibration, dict) else {"pit": None})
+        return cls(members, d, calibration)
+
+
+def member_folder(ensemble: Path, name) -> Path:
+    """The folder of member ``name``: a sub-folder of the ensemble, never a path outside it."""
+    where = ensemble / ENSEMBLE
+    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise CarekitError(f"{where}: member {name!r} is not a folder name inside {ensemble}; members must be the "
+                           "ensemble's own sub-folders (the file is damaged or hostile)")  # fmt: skip
+    folder = ensemble / name
+    if not folder.resolve().is_relative_to(ensemble.resolve()):
+        raise CarekitError(f"{where}: member {name!r} leads outside {ensemble} (a link); members must be the "
+                           "ensemble's own sub-folders")  # fmt: skip
+    return folder
 
 
 def is_ensemble(directory: str | Path) -> bool:
@@ -99,25 +129,32 @@ def load(directory: str | Path) -> CARE | Ensemble:
 
 
 def train_ensemble(train_one: Callable[..., CARE], k: int, model_dir: str | Path, *, time_budget: float | None = None,
-                   resume: bool = False, overwrite: bool = False, seed: int = 0, **options) -> Ensemble:  # fmt: skip
+                   resume: bool = False, overwrite: bool = False, seed: int = 0, stop: threading.Event | None = None,
+                   **options) -> Ensemble:  # fmt: skip
     """Train ``k`` members one after the other with seeds ``seed, seed + 1, ...``.
 
     ``train_one(model_dir=..., seed=..., time_budget=..., resume=..., overwrite=..., **options)``
     trains one member (any mode); a time budget is shared equally. On ``resume``, members
-    with a checkpoint continue and missing ones start.
+    with a checkpoint continue and missing ones start. ``stop`` (a ``threading.Event``, passed on
+    to ``train_one``) cancels: the member in training keeps its best weights and no further one starts.
     """
-    if k < 2:
-        raise CarekitError(f"an ensemble needs at least 2 members, got {k}")
+    if not 2 <= k <= MAX_MEMBERS:
+        raise CarekitError(f"an ensemble (--ensemble) needs 2..{MAX_MEMBERS} members, got {k}")
     d = Path(model_dir)
     if is_ensemble(d) and not (resume or overwrite):
         raise CarekitError(f"{d}: already holds an ensemble; choose a new folder, --resume or --overwrite")
     members = []
     share = None if time_budget is None else time_budget / k
     for i in range(k):
+        if stop is not None and stop.is_set():  # cancelled: the members trained so far stay
+            break
         folder = d / f"member-{i}"
         again = resume and (folder / LAST).exists()
         members.append(train_one(model_dir=folder, seed=seed + i, time_budget=share, resume=again,
-                                 overwrite=overwrite, **options))  # fmt: skip
+                                 overwrite=overwrite, stop=stop, **options))  # fmt: skip
+    if len(members) < 2:
+        raise CarekitError(f"training stopped after {len(members)} of {k} members; an ensemble needs at least 2, "
+                           f"continue with --resume")  # fmt: skip
     ensemble = Ensemble(members, d)
     ensemble.save_index()
     return ensemble
@@ -127,42 +164,44 @@ def train_ensemble(train_one: Callable[..., CARE], k: int, model_dir: str | Path
 def raw_distribution(model: CARE | Ensemble, image: np.ndarray, axes: str | None, **options):
     """The model's prediction without any stored recalibration."""
     dist = model.predict_distribution(image, axes, **options)
-    dist.pit = None
+    dist.calibration = None
     return dist
 
 
-def calibrate(model: CARE | Ensemble, images: list, truths: list, axes: str | None = None,
-              levels=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95), **options) -> dict:  # fmt: skip
-    """Recalibrate ``model`` on held-out ``images``/``truths`` and store the table with it.
-
-    Returns the report: coverage of central intervals and the expected calibration error
-    (mean absolute coverage gap over ``levels``) before and after, on these data.
-    """
-    values = []
+def observe(model: CARE | Ensemble, images: list, truths: list, axes: str | None = None, **options) -> list[Observed]:
+    """Where each ground truth falls in the model's raw prediction, image by image."""
+    observed = []
     for image, truth in zip(images, truths, strict=True):
         dist = raw_distribution(model, image, axes, **options)
         truth = np.asarray(truth, np.float64)
         if truth.shape != dist.mean.shape:
             raise CarekitError(f"ground truth of shape {truth.shape} does not match the prediction {dist.mean.shape}")
-        values.append(np.asarray(dist.cdf(truth)).ravel())
-    pit = np.concatenate(values)
-    table = pit_table(pit)
-    before, after = coverage(pit, levels), coverage(pit, levels, table)
-    report = {
-        "levels": list(levels),
-        "coverage_before": before,
-        "coverage_after": after,
-        "ece_before": calibration_error(before),
-        "ece_after": calibration_error(after),
-        "pixels": int(pit.size),
-        "pit": table.tolist(),
-    }
+        observed.append(Observed.of(dist, truth))
+    return observed
+
+
+def calibrate(model: CARE | Ensemble, images: list, truths: list, axes: str | None = None,
+              levels=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95), bins: int = BINS,
+              **options) -> dict:  # fmt: skip
+    """Recalibrate ``model`` on held-out ``images``/``truths`` and store the calibration with it.
+
+    The calibration is conditional on predicted intensity (``bins`` bins of equal
+    pixel count; fewer for small data, see :mod:`carekit.calibration`). Returns the report:
+    coverage of central intervals at ``levels``, overall and per intensity decile, before and
+    after on these data, the expected calibration error (mean absolute coverage gap) and, with
+    at least two images (else the two halves of one), a held-out estimate: calibrated on one
+    half of the images, measured on the other, both ways.
+    """
+    observed = observe(model, images, truths, axes, **options)
+    report = calibration_report(observed, fit(observed, bins), levels, bins)
     store_calibration(model, report)
     return report
 
 
 def store_calibration(model: CARE | Ensemble, report: dict) -> None:
-    saved = {k: report[k] for k in ("pit", "ece_before", "ece_after", "pixels")}
+    saved = {**report["calibration"], **{k: report[k] for k in ("ece_before", "ece_after", "pixels")}}
+    if report["held_out"] is not None:
+        saved["coverage_held_out"] = {str(p): round(c, 6) for p, c in report["held_out"]["coverage"].items()}
     if isinstance(model, Ensemble):
         model.calibration = saved
         if model.directory is not None:

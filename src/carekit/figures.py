@@ -98,21 +98,44 @@ def axial_spectrum(panels: dict[str, np.ndarray], path: str | Path, *, voxel_rat
 
 
 def reliability_diagram(report: dict, path: str | Path) -> Path:
-    """Empirical against nominal coverage of central intervals, before and after calibration."""
-    levels = np.array(report["levels"])
-    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    """Left: empirical against nominal coverage of central intervals, before and after calibration
+    (and on held-out calibration data). Right: the 90 % interval's coverage per decile of predicted
+    intensity, where a calibration that holds only on average shows its gaps."""
+    levels = [float(p) for p in report["levels"]]
+    held = report.get("held_out")
+    curves = [("before", report["coverage_before"], report.get("deciles_before")),
+              ("after", report["coverage_after"], report.get("deciles_after"))]  # fmt: skip
+    if held:
+        curves.append((f"held out ({held['split']})", held["coverage"], held["deciles"]))
+    fig, (ax, by) = plt.subplots(1, 2, figsize=(9.6, 4.4))
     ax.plot([0, 1], [0, 1], color="gray", linestyle=":", label="ideal")
-    for key, label in (("coverage_before", "before"), ("coverage_after", "after")):
-        cover = np.array([report[key][str(p)] if str(p) in report[key] else report[key][p] for p in levels])
-        ece = report[f"ece_{label}"]
-        ax.plot(levels, cover, marker="o", label=f"{label} calibration (ECE {ece:.3f})")
+    for label, cover, _ in curves:
+        values = [level_value(cover, p) for p in levels]
+        ece = float(np.mean([abs(c - p) for c, p in zip(values, levels, strict=True)]))
+        ax.plot(levels, values, marker="o", label=f"{label} (ECE {ece:.3f})")
     ax.set_xlabel("nominal coverage of the central interval")
     ax.set_ylabel("fraction of ground-truth pixels inside")
     ax.set_title(f"reliability of central intervals ({report['pixels']:,} pixels)", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
+    by.axhspan(0.8, 1.0, color="gray", alpha=0.12, label="90 % ± 10 points")
+    by.axhline(0.9, color="gray", linestyle=":")
+    for label, _, deciles in curves:
+        if deciles:
+            by.plot(range(1, 11), level_value(deciles, 0.9), marker="o", label=label)
+    by.set_xticks(range(1, 11))
+    by.set_xlabel("decile of predicted intensity within its image (1: darkest)")
+    by.set_ylabel("coverage of the 90 % interval")
+    by.set_title("90 % intervals by intensity", fontsize=10)
+    by.set_ylim(0, 1.02)
+    by.legend(loc="lower left", fontsize=8)
     return save_figure(fig, path)
+
+
+def level_value(table: dict, level: float):
+    """``table[level]`` whether the keys are numbers or (read back from JSON) strings."""
+    return table[level] if level in table else table[str(level)]
 
 
 def sample_movie(frames: np.ndarray, path: str | Path, *, fps: float = 8.0) -> Path:

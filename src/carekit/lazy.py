@@ -8,6 +8,7 @@ by a radix selection that reads the array a few times chunk by chunk.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import mmap
 from dataclasses import dataclass
@@ -23,11 +24,30 @@ from carekit.omezarr import is_zarr, open_omezarr, slabs
 READ_VOXELS = 4 * 2**20  # voxels per read when scanning the input for percentiles
 
 
-def read_window(layout: Layout, array, n: int, maps: list[np.ndarray]) -> np.ndarray:
+def read_box(array, box: tuple, what: str = "input") -> np.ndarray:
+    """``array[box]`` as numpy; a damaged chunk (a decompression error, a truncated file) becomes a
+    one-line :class:`CarekitError` naming the input instead of a storage library's traceback."""
+    try:
+        return np.asarray(array[box])
+    except CarekitError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as e:  # zarr, numcodecs and tifffile raise many types for damaged data
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CarekitError(f"{what}: cannot read the data at {format_box(box)} ({first}); the image is damaged, "
+                           "copy it again") from None  # fmt: skip
+
+
+def format_box(box: tuple) -> str:
+    return "[" + ", ".join(f"{b.start}:{b.stop}" if isinstance(b, slice) else str(b) for b in box) + "]"
+
+
+def read_window(layout: Layout, array, n: int, maps: list[np.ndarray], what: str = "input") -> np.ndarray:
     """Sample ``n`` of ``array`` at spatial indices ``maps`` (one index array per axis) as ``(1, C, *window)``."""
     boxes = [slice(int(m.min()), int(m.max()) + 1) for m in maps]
     kept = "".join(a for a in layout.axes if a not in layout.sample_axes)
-    data = rearrange(np.asarray(array[layout.select(n, boxes)]), kept, "C" + layout.spatial)
+    data = rearrange(read_box(array, layout.select(n, boxes), what), kept, "C" + layout.spatial)
     for i, (m, box) in enumerate(zip(maps, boxes, strict=True)):
         if len(m) != box.stop - box.start or m[0] != box.start:  # mirrored end
             data = np.take(data, m - box.start, axis=1 + i)
@@ -70,14 +90,14 @@ def open_source(source: Source):
     return read_image(source.path)[0]  # a compressed TIFF: read whole, once per process
 
 
-def open_input(path: str | Path, axes: str | None, fallback: str | None):
+def open_input(path: str | Path, axes: str | None, fallback: str | None, allow_missing: bool = False):
     """Open an OME-Zarr or TIFF lazily: the array, its axes and spacing (micrometres, if known)."""
     from carekit.axes import axes_from_tiff, check_axes
     from carekit.io import read_image, read_spacing
 
     p = Path(path)
     if is_zarr(p):
-        return open_omezarr(p, axes, fallback=fallback)
+        return open_omezarr(p, axes, fallback=fallback, allow_missing=allow_missing)
     if not p.is_file():
         raise CarekitError(f"{p}: no such file; give a TIFF file or an OME-Zarr folder as --input")
     try:
@@ -86,12 +106,36 @@ def open_input(path: str | Path, axes: str | None, fallback: str | None):
         array = tifffile.memmap(p, mode="r")
         with tifffile.TiffFile(p) as tif:
             file_axes = axes_from_tiff(tif.series[0].axes, array.ndim)
-    except ValueError:  # compressed or tiled TIFFs cannot be mapped
+    except Exception:  # compressed, tiled or damaged TIFFs cannot be mapped: read whole (or explain why not)
         array, file_axes = read_image(p)
     chosen = axes or file_axes or (fallback if fallback and len(fallback) == array.ndim else None)
     if chosen is None:
         raise CarekitError(f"{p}: axes unknown for shape {array.shape}; pass --axes, e.g. --axes ZYX")
     return array, check_axes(chosen, array.ndim, what=str(p)), read_spacing(p)
+
+
+def content_state(array, source: Source | None) -> str:
+    """A fingerprint of the input's content, so that a resumed run notices an input that changed.
+
+    Arrays in memory are hashed whole. Inputs on disk are fingerprinted by their files (names, sizes,
+    modification times) and a hash of up to 16 evenly spread samples of their values, so that
+    resuming a large restore costs seconds, not a full read.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{tuple(array.shape)}{np.dtype(array.dtype)}".encode())
+    if source is None:
+        h.update(np.ascontiguousarray(np.asarray(array)).data)
+        return h.hexdigest()
+    root = Path(source.path) / (source.detail[0] if source.kind == "zarr" and source.detail[0] else "")
+    files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(root) if root.is_dir() else f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    chunks = getattr(array, "chunks", None) or (1,) * len(array.shape)
+    boxes = slabs(tuple(array.shape), tuple(chunks), 2**16)
+    for i in np.unique(np.linspace(0, len(boxes) - 1, min(16, len(boxes))).round().astype(int)):
+        h.update(np.ascontiguousarray(read_box(array, boxes[i], source.path)).data)
+    return h.hexdigest()
 
 
 # -- exact percentiles by radix selection --------------------------------------------------------
@@ -137,7 +181,7 @@ def scan(array, layout: Layout, what: str):
     chunks = getattr(array, "chunks", None) or (1,) * len(layout.shape)
     sample_dims = [layout.axes.index(a) for a in layout.sample_axes]
     for box in slabs(layout.shape, tuple(chunks), READ_VOXELS):
-        data = np.asarray(array[box])
+        data = read_box(array, box, what)
         if data.dtype.kind == "f" and not np.isfinite(data).all():
             raise CarekitError(f"{what}: NaN or infinite values; replace them (e.g. with 0) before using carekit")
         ranges = [np.arange(box[d].start, box[d].stop) for d in sample_dims]

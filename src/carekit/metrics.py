@@ -41,8 +41,11 @@ def decibels(mse: float) -> float:
     return float(10 * np.log10(1.0 / mse)) if mse > 0 else float("inf")
 
 
-def evaluate(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """NRMSE, PSNR (dB) and SSIM of ``prediction`` against ``truth`` (same shape, 2D or 3D).
+def evaluate(prediction: np.ndarray, truth: np.ndarray, *, names: tuple[str, str] = ("prediction", "truth")
+             ) -> dict[str, float]:  # fmt: skip
+    """NRMSE, PSNR (dB) and SSIM of ``prediction`` against ``truth`` (same shape, 2D or 3D, at least
+    3 pixels along every axis longer than 1). A constant truth has no scale to compare against and is
+    refused; ``names`` name the two in error messages. PSNR is infinite for an exact (affine) match.
 
     Examples
     --------
@@ -53,10 +56,19 @@ def evaluate(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     prediction = np.asarray(prediction)
     truth = np.asarray(truth)
     if prediction.shape != truth.shape:
-        raise CarekitError(f"prediction shape {prediction.shape} differs from truth shape {truth.shape}")
-    for name, a in (("prediction", prediction), ("truth", truth)):
+        raise CarekitError(f"{names[0]}: shape {prediction.shape} differs from {names[1]} shape {truth.shape}")
+    for name, a in zip(names, (prediction, truth), strict=True):
+        if a.dtype.kind not in "uif":
+            raise CarekitError(f"{name}: pixel type {a.dtype} cannot be scored; give integer or float images")
         if not np.isfinite(a).all():
-            raise CarekitError(f"{name} holds NaN or infinite values")
+            raise CarekitError(f"{name}: holds NaN or infinite values; scores would be meaningless")
+    sizes = [s for s in truth.shape if s > 1]
+    if len(sizes) < 2 or min(sizes) < 3:
+        raise CarekitError(f"{names[1]}: shape {truth.shape} is too small to score (SSIM needs at least 3x3 pixels); "
+                           "compare whole images")  # fmt: skip
+    if np.ptp(truth) == 0:
+        raise CarekitError(f"{names[1]}: the ground truth is constant ({truth.flat[0]}), so NRMSE, PSNR and SSIM are "
+                           "undefined; compare against an image with structure")  # fmt: skip
     p, t, mse = fitted_error(prediction, truth)
     psnr = decibels(mse)
     squeezed = [s for s in t.shape if s > 1]

@@ -16,17 +16,19 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from carekit import threads
 from carekit.axes import Layout, check_axes, to_net
+from carekit.baselines import describe_margin
 from carekit.config import Config
-from carekit.engine import Engine, choose_engine
+from carekit.engine import Engine, Probe, choose_engine
 from carekit.errors import CarekitError
-from carekit.io import check_finite, read_json, write_atomic, write_json
+from carekit.io import check_finite, check_result, read_json, write_atomic, write_json
 from carekit.nets import packaged
 from carekit.nets.unet import UNet, build_unet, count_parameters, fold_batch_norm
 from carekit.normalize import PREDICT_PERCENTILES, IntensityMap, normalize, percentiles
 from carekit.registry import Mode, mode_of, supporting
-from carekit.tiling import predict_tiled
-from carekit.uncertainty import Laplace
+from carekit.tiling import Progress, predict_tiled
+from carekit.uncertainty import Calibration, Laplace
 
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
@@ -71,7 +73,7 @@ class Run:
     engine: Engine
     n_tiles: tuple[int, ...] | None = None
     memory: int | None = None
-    progress: bool = False
+    progress: Progress = False
     tta: bool = False
 
 
@@ -129,7 +131,13 @@ class CARE:
             f"{'residual' if self.net.residual else 'no residual'}, "
             f"{c.n_channel_in} -> {c.n_channel_out} channel(s); {count_parameters(self.net):,} parameters; "
             f"receptive-field halo {self.net.halo()} px; trained on axes {c.axes}"
+            + (f"; {margin}" if (margin := describe_margin(c.baseline)[0]) else "")
         )
+
+    def warnings(self) -> list[str]:
+        """What a user should know before trusting this model (e.g. it does not beat a simple filter)."""
+        warning = describe_margin(self.config.baseline)[1]
+        return [warning] if warning else []
 
     def __repr__(self) -> str:
         return f"<{self.summary()}>"
@@ -147,8 +155,12 @@ class CARE:
         return axes[:first] + "C" + axes[first:]
 
     # -- the network --------------------------------------------------------------
+    def probe(self, train: bool = False) -> Probe:
+        """The network on a small input, to time where the CPU's flags leave the precision open."""
+        return Probe(self.net, self.net.example_shape(), train)
+
     def engine(self, device: str = "auto", precision: str | None = None) -> Engine:
-        engine = choose_engine(device, precision or self.config.train.precision)
+        engine = choose_engine(device, precision or self.config.train.precision, self.probe())
         if engine != self._engine:
             self.net = engine.prepare(self.net.eval())
             self._engine = engine
@@ -184,8 +196,9 @@ class CARE:
             least 1.5 GiB; on CUDA a quarter of the GPU's free memory, at most 8 GiB).
         device, precision : str
             ``"auto"`` picks CUDA if present and the fastest safe precision.
-        progress : bool
-            Show a progress bar for large inputs.
+        progress : bool or callable
+            Show a progress bar for large inputs; a callable is told ``(done, total)`` after each
+            batch of tiles of every network pass (and may raise to cancel).
         tta : bool
             Test-time augmentation: average the 8 flips/rotations of the lateral plane (8x slower).
         **options
@@ -201,7 +214,7 @@ class CARE:
         """The Laplace distribution of a :meth:`prediction` (calibrated, where the model was)."""
         if not self.config.net.probabilistic:
             raise CarekitError("this model predicts no distribution; train it with --probabilistic")
-        return Laplace(result.mean, result.scale, calibration_table(self.config.calibration))
+        return Laplace(result.mean, result.scale, stored_calibration(self.config.calibration, self.directory))
 
     def predict_with_scale(
         self, image: np.ndarray, axes: str | None = None, **options
@@ -212,7 +225,7 @@ class CARE:
 
     def prediction(self, image: np.ndarray, axes: str | None = None, *, n_tiles: tuple[int, ...] | None = None,
                    memory: int | None = None, device: str = "auto", precision: str | None = None,
-                   progress: bool = False, tta: bool = False, **options) -> Prediction:  # fmt: skip
+                   progress: Progress = False, tta: bool = False, **options) -> Prediction:  # fmt: skip
         """The outline every mode follows: fold ``image`` into network order, take its percentiles,
         run the mode's network pass, bring the output to intensities and unfold it (see :meth:`predict`)."""
         if tta and "tta" not in self.kind.supports:
@@ -221,9 +234,11 @@ class CARE:
         x, layout = self.network_input(image, axes, self.fold_spatial or self.config.spatial)
         engine = self.engine(device, precision)
         lo, hi = percentiles(x, PREDICT_PERCENTILES, engine.device)
-        y = self.network_pass(x, lo, hi, Run(engine, n_tiles, memory, progress, tta), **options)
+        with threads.scope(window=3, shared_cores=True):  # every core, tuned batch by batch
+            y = self.network_pass(x, lo, hi, Run(engine, n_tiles, memory, progress, tta), **options)
         lo, hi = (v.reshape(*v.shape[:2], *(1,) * (y.ndim - 2)) for v in (lo, hi))
         mean, scale = self.to_intensities(y, lo, hi)
+        check_result(y, "prediction")  # mean and scale are views of y
         spatial = self.result_spatial or layout.spatial
         c = mean.shape[1] + (0 if scale is None else scale.shape[1])
         extra = {}
@@ -306,9 +321,15 @@ class CARE:
         return mode_of(config.mode).model(config, net, d)
 
 
-def calibration_table(calibration: dict | None) -> np.ndarray | None:
-    """The stored recalibration table of a model or ensemble, if it was calibrated."""
-    return None if not calibration else np.asarray(calibration["pit"], np.float64)
+def stored_calibration(calibration: dict | None, directory: Path | None = None) -> Calibration | None:
+    """The stored recalibration of a model or ensemble, if it was calibrated (global or conditional)."""
+    if not calibration:
+        return None
+    try:
+        return Calibration.from_dict(calibration)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CarekitError(f"{directory or 'model'}: stored calibration is damaged ({e}); "
+                           "run 'carekit calibrate' again") from None  # fmt: skip
 
 
 def save_weights(path: Path, net: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
@@ -323,5 +344,9 @@ def load_weights(path: Path, net: torch.nn.Module) -> None:
         tensors = load_file(str(path))
         net.load_state_dict(tensors)
     except Exception as e:  # safetensors and torch raise several types for damaged files
-        first = str(e).splitlines()[0]
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CarekitError(f"{path}: weights do not fit the configuration ({first}); the folder is damaged") from None
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CarekitError(f"{path}: weights hold NaN or infinite values ({', '.join(bad[:3])}); the model is damaged, "
+                           "train it again")  # fmt: skip

@@ -21,6 +21,7 @@ import numpy as np
 
 from carekit.axes import check_axes
 from carekit.errors import CarekitError
+from carekit.io import remove_stale_partials
 
 ORDER = "TCZYX"  # the axis order OME-NGFF 0.4 requires
 KIND = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
@@ -37,7 +38,8 @@ def is_zarr(path: str | Path) -> bool:
     return p.suffix.lower() == ".zarr" or any((p / f).exists() for f in (".zgroup", ".zarray", ".zattrs", "zarr.json"))
 
 
-def open_omezarr(path: str | Path, axes: str | None = None, *, fallback: str | None = None):
+def open_omezarr(path: str | Path, axes: str | None = None, *, fallback: str | None = None,
+                 allow_missing: bool = False):  # fmt: skip
     """Open level 0 of an OME-Zarr image without loading it.
 
     Parameters
@@ -48,6 +50,9 @@ def open_omezarr(path: str | Path, axes: str | None = None, *, fallback: str | N
         The array's axes; for an OME-Zarr image they must agree with the file's.
     fallback : str, optional
         Axes for a plain zarr array when ``axes`` is not given and the length fits.
+    allow_missing : bool
+        Accept chunks missing from the store (read as the fill value); by default they are an
+        error, since zarr would silently read a lost chunk as zeros.
 
     Returns
     -------
@@ -69,26 +74,48 @@ def open_omezarr(path: str | Path, axes: str | None = None, *, fallback: str | N
         axes = axes or (fallback if fallback and len(fallback) == node.ndim else None)
         if axes is None:
             raise CarekitError(f"{p}: plain zarr array without OME metadata; pass --axes, e.g. --axes ZYX")
+        check_complete(node, p, allow_missing)
         return node, check_axes(axes, node.ndim, what=str(p)), None
     multiscale = first_multiscale(dict(node.attrs), p)
     level = multiscale["datasets"][0]
     try:
         array = node[level["path"]]
-    except KeyError:
+    except Exception:  # zarr raises several types for missing or malformed keys
         raise CarekitError(
             f"{p}: level '{level['path']}' named in the OME metadata is missing; the image is damaged"
         ) from None
+    if not isinstance(array, zarr.Array):
+        raise CarekitError(f"{p}: level '{level['path']}' is a group, not an array; the image is damaged")
+    check_complete(array, p, allow_missing)
     file_axes = ome_axes(multiscale.get("axes", []), array.ndim, p)
     if axes is not None and check_axes(axes, array.ndim, what=str(p)) != file_axes:
         raise CarekitError(f"{p}: --axes {axes} disagree with the file's OME axes {file_axes}; drop --axes")
     return array, file_axes, ome_spacing(multiscale, level, file_axes)
 
 
+def check_complete(array, path: Path, allow_missing: bool) -> None:
+    """Refuse an array with chunks missing from its store: zarr would read them as the fill value."""
+    if allow_missing or array.size == 0:
+        return
+    try:
+        stored, total = array.nchunks_initialized, array.nchunks
+    except Exception as e:  # a store that cannot be listed: let reading find out
+        del e
+        return
+    if stored < total:
+        raise CarekitError(f"{path}: {total - stored} of {total} chunks are missing (a failed copy, or written "
+                           "without empty chunks) and would read as zeros; copy the image again, or pass "
+                           "--allow-missing-chunks if they are empty on purpose")  # fmt: skip
+
+
 def first_multiscale(attrs: dict, path: Path) -> dict:
     """The first ``multiscales`` entry of OME-NGFF 0.5 (under ``ome``) or 0.4 attributes."""
     meta = attrs.get("ome", attrs)
     scales = meta.get("multiscales") if isinstance(meta, dict) else None
-    if not scales or not scales[0].get("datasets"):
+    first = scales[0] if isinstance(scales, list) and scales and isinstance(scales[0], dict) else {}
+    datasets = first.get("datasets")
+    valid = isinstance(datasets, list) and datasets and isinstance(datasets[0], dict)
+    if not valid or not isinstance(datasets[0].get("path"), str):
         raise CarekitError(
             f"{path}: zarr group without OME multiscales metadata; point --input at an OME-Zarr image or a zarr array"
         )
@@ -97,7 +124,9 @@ def first_multiscale(attrs: dict, path: Path) -> dict:
 
 def ome_axes(entries: list, ndim: int, path: Path) -> str:
     """Carekit letters for OME axis entries (dicts with ``name``, or plain names in old files)."""
-    names = [str(e["name"] if isinstance(e, dict) else e).lower() for e in entries]
+    if not isinstance(entries, list):
+        raise CarekitError(f"{path}: OME metadata 'axes' must be a list; the image is damaged")
+    names = [str(e.get("name") if isinstance(e, dict) else e).lower() for e in entries]
     if len(names) != ndim:
         raise CarekitError(f"{path}: OME metadata names {len(names)} axes but level 0 has {ndim} dimensions")
     for name in names:
@@ -110,9 +139,15 @@ def ome_spacing(multiscale: dict, level: dict, axes: str) -> dict[str, float] | 
     """Micrometres per voxel along Z, Y, X from the level's (and the multiscale's) ``scale``."""
     scale = np.ones(len(axes))
     for transforms in (level.get("coordinateTransformations", []), multiscale.get("coordinateTransformations", [])):
-        for t in transforms:
-            if t.get("type") == "scale" and "scale" in t:
-                scale = scale * np.asarray(t["scale"], float)
+        for t in transforms if isinstance(transforms, list) else ():
+            if isinstance(t, dict) and t.get("type") == "scale" and "scale" in t:
+                try:
+                    factors = np.asarray(t["scale"], float).reshape(len(axes))
+                except (TypeError, ValueError):
+                    raise CarekitError(f"scale {t['scale']!r} in the OME metadata does not fit axes {axes}") from None
+                if not np.isfinite(factors).all() or (factors <= 0).any():
+                    raise CarekitError(f"scale {t['scale']!r} in the OME metadata must be positive numbers")
+                scale = scale * factors
     units = {}
     for letter, entry in zip(axes, multiscale.get("axes", []), strict=True):
         if isinstance(entry, dict) and entry.get("unit"):
@@ -167,6 +202,7 @@ def create_image(path: str | Path, shape: tuple[int, ...], chunks: tuple[int, ..
         fill_value=0,
         compressors=numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.BITSHUFFLE),
         chunk_key_encoding={"name": "v2", "separator": "/"},
+        config={"write_empty_chunks": True},  # every chunk on disk: a missing one means a damaged image
     )
 
 
@@ -211,6 +247,7 @@ def write_omezarr(path: str | Path, data, axes: str, *, spacing: dict[str, float
     order = canonical_axes(axes, what=str(p))
     perm = [axes.index(a) for a in order]
     shape = tuple(data.shape[i] for i in perm)
+    remove_stale_partials(p)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.partial")
     try:
         out = create_image(tmp, shape, chunks or choose_chunks(shape, order))

@@ -61,6 +61,7 @@ class Mode:
     cite: Callable[[Any], tuple] | None = None  # Config -> ((reference, DOI), ...) of its method; default CARE's
     options: tuple[Option, ...] = ()  # its options of 'carekit train'
     supports: frozenset[str] = frozenset({"tiling", "uncertainty"})  # which FEATURES
+    warm_start: str | None = None  # the shipped pretrained network family it starts from (carekit.pretrained)
 
     def __post_init__(self) -> None:
         unknown = set(self.supports) - set(FEATURES)

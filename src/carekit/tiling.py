@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 from tqdm.auto import tqdm
 
+from carekit import threads
 from carekit.engine import Engine
+from carekit.errors import CarekitError
+from carekit.hardware import available_memory
 
 DEFAULT_MEMORY = 1536 * 2**20  # bytes of activations per batch of windows: the least default
 CPU_SHARE = 0.25  # on CPU: this share of the available memory ...
@@ -28,56 +30,9 @@ CPU_MAX_MEMORY = 5 * 2**30  # ... up to this many bytes
 GPU_SHARE = 0.25  # on CUDA: this share of the GPU's free memory ...
 GPU_MAX_MEMORY = 8 * 2**30  # ... up to this many bytes
 MAX_BATCH = 16
-
-
-CGROUP_MEMORY = {"v2": ("memory.max", "memory.current"), "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes")}
-UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
-
-
-def cgroup_headroom(root: Path, membership: str) -> int | None:
-    """Bytes left under the tightest memory limit of the cgroups in ``membership`` and their parents.
-
-    ``membership`` is ``/proc/self/cgroup``; ``root`` where the hierarchies are mounted (cgroup v2
-    at the root or under ``unified``, v1's memory controller under ``memory``). None: no limit.
-    """
-    headroom = None
-    for line in membership.splitlines():
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            version, base = "v2", root if (root / "cgroup.controllers").exists() else root / "unified"
-        elif "memory" in controllers.split(","):
-            version, base = "v1", root / "memory"
-        else:
-            continue
-        limit_file, usage_file = CGROUP_MEMORY[version]
-        folder = base / path.strip("/")
-        for d in (folder, *folder.parents):
-            try:
-                limit = (d / limit_file).read_text().strip()
-                limited = limit != "max" and int(limit) < UNLIMITED
-                left = max(0, int(limit) - int((d / usage_file).read_text())) if limited else None
-            except (OSError, ValueError):
-                left = None
-            if left is not None:
-                headroom = left if headroom is None else min(headroom, left)
-            if d == base:
-                break
-    return headroom
-
-
-def available_memory(root: Path = Path("/sys/fs/cgroup"), membership: str | None = None) -> int:
-    """Bytes this process can still allocate: the system's available memory, within its cgroups' limits.
-
-    A job on a shared cluster node sees the whole node's free memory but may use only its own limit.
-    """
-    free = psutil.virtual_memory().available
-    if membership is None:
-        try:
-            membership = Path("/proc/self/cgroup").read_text()
-        except OSError:
-            return free
-    headroom = cgroup_headroom(root, membership)
-    return free if headroom is None else min(free, headroom)
+# How long work reports its progress: a tqdm bar (True), nothing (False), or a callable told
+# ``(done, total)`` after each unit (a GUI's progress bar; it may raise to cancel the work).
+Progress = bool | Callable[[int, int], None]
 
 
 def default_memory(engine: Engine, host_arrays: int = 0) -> int:
@@ -153,6 +108,39 @@ def auto_tiles(shape: tuple[int, ...], halo: tuple[int, ...], grid: tuple[int, .
     return tuple(n)
 
 
+class Ticks:
+    """Counts the units of a piece of work for a :data:`Progress`: a tqdm bar from ``least`` units on, or
+    the callable after every unit. A context manager that closes the bar."""
+
+    def __init__(self, total: int, progress: Progress, desc: str, unit: str, least: int = 1) -> None:
+        self.total, self.done = total, 0
+        self.report = progress if callable(progress) else None
+        quiet = self.report is not None or not progress or total < least
+        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=quiet, leave=False)
+
+    def update(self) -> None:
+        self.done += 1
+        self.bar.update()
+        if self.report is not None:
+            self.report(self.done, self.total)
+
+    def __enter__(self) -> Ticks:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+def check_tiles(n_tiles: tuple[int, ...], size: tuple[int, ...]) -> None:
+    """``n_tiles`` must give each tiled axis between 1 tile and one per pixel."""
+    if len(n_tiles) != len(size):
+        raise CarekitError(f"--n-tiles {','.join(map(str, n_tiles))} needs {len(size)} entries, one per tiled axis "
+                           f"(this image's are {','.join(map(str, size))} pixels long)")  # fmt: skip
+    if any(not 1 <= k <= s for k, s in zip(n_tiles, size, strict=True)):
+        raise CarekitError(f"--n-tiles {','.join(map(str, n_tiles))}: each axis takes from 1 tile up to its size "
+                           f"({','.join(map(str, size))}); give positive counts")  # fmt: skip
+
+
 def to_host(t: torch.Tensor) -> np.ndarray:
     """A tensor as a numpy array; from a GPU through pinned memory (pageable copies run at ~1 GB/s)."""
     if t.device.type != "cuda":
@@ -165,7 +153,7 @@ def to_host(t: torch.Tensor) -> np.ndarray:
 def predict_tiled(forward: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, engine: Engine, *,
                   grid: tuple[int, ...], halo: tuple[int, ...], bytes_per_voxel: int,
                   n_tiles: tuple[int, ...] | None = None, memory: int | None = None,
-                  progress: bool = False) -> np.ndarray:  # fmt: skip
+                  progress: Progress = False) -> np.ndarray:  # fmt: skip
     """Run ``forward`` over ``x`` (``(N, C, *S)`` float32) in tiles; returns ``(N, C_out, *T)`` float32.
 
     The tiled axes ``T`` are the last ``len(grid)`` axes of ``S``; axes before them (the z of
@@ -179,17 +167,16 @@ def predict_tiled(forward: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray
     budget = memory or default_memory(engine, host_arrays=2 * padded.nbytes)  # padded input, output
     if n_tiles is None:
         n_tiles = auto_tiles(size, halo, grid, max(1, budget // bytes_per_voxel))
-    if len(n_tiles) != len(size):
-        raise ValueError(f"n_tiles {n_tiles} must have one entry per spatial axis {size}")
+    check_tiles(n_tiles, size)
     axis_spans = [spans(s, k, h, g) for s, k, h, g in zip(size, n_tiles, halo, grid, strict=True)]
     jobs = [(i, combo) for i in range(padded.shape[0]) for combo in itertools.product(*axis_spans)]
     window_voxels = math.prod(sp.length for sp in jobs[0][1])
     per_batch = int(max(1, min(MAX_BATCH, budget // (window_voxels * bytes_per_voxel))))
     out = None
     batches = range(0, len(jobs), per_batch)
-    bar = tqdm(batches, desc="predict", unit="batch", disable=not progress or len(batches) < 2, leave=False)
-    with torch.inference_mode():
-        for b in bar:
+    with torch.inference_mode(), Ticks(len(batches), progress, "predict", "batch", least=2) as ticks:
+        for b in batches:
+            started = time.perf_counter()
             chunk = jobs[b : b + per_batch]
             windows = np.stack(
                 [
@@ -206,5 +193,7 @@ def predict_tiled(forward: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray
                 dst = (i, slice(None), *(slice(s.core_start, s.core_stop) for s in combo))
                 src = (slice(None), *(slice(s.core_start - s.start, s.core_stop - s.start) for s in combo))
                 out[dst] = r[src]
+            threads.report(time.perf_counter() - started)
+            ticks.update()
     assert out is not None
     return out[(slice(None), slice(None), *(slice(0, s) for s in shape))]

@@ -25,8 +25,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from carekit import threads
 from carekit.engine import Engine
-from carekit.errors import CarekitError
+from carekit.errors import CarekitError, warn
 from carekit.figures import training_curve
 from carekit.heap import reuse_freed_memory
 from carekit.io import write_atomic
@@ -34,6 +35,7 @@ from carekit.model import CARE, CURVE, HISTORY, LAST, WEIGHTS, load_weights, sav
 from carekit.normalize import IntensityMap
 
 HISTORY_COLUMNS = ("epoch", "steps", "seconds", "loss", "val_loss", "lr")
+DIVERGED = 100.0  # an epoch's validation loss this many times the best one: the run diverged
 
 Batch = tuple  # (inputs, targets) or (inputs, targets, mask): float32 arrays (N, C, *patch); targets may be None
 
@@ -128,6 +130,23 @@ class ProgressBar(Callback):
         self.bar.close()
 
 
+class ThreadTuning(Callback):
+    """Reports each step's duration to the thread tuner of :mod:`carekit.threads` (the time between two
+    steps; an epoch's validation and checkpoint are not counted)."""
+
+    def __init__(self) -> None:
+        self.last = None
+
+    def on_step(self, trainer: Trainer, step: int, loss: float) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            threads.report(now - self.last)
+        self.last = now
+
+    def on_epoch(self, trainer: Trainer, row: dict) -> None:
+        self.last = None
+
+
 class Prefetcher:
     """Draws batches in a background thread so the optimizer never waits for patches."""
 
@@ -216,6 +235,8 @@ class Trainer:
         self.averaged = AveragedWeights(self.net, t.ema) if t.ema > 0 else None
         self.callbacks = list(callbacks)
         self.stopping = stop if stop is not None else threading.Event()
+        self.diverged = False  # set when the validation loss exploded: the run ends, keeping the best weights
+        self.record: dict | None = None  # what identifies the run (data, settings), kept in the checkpoint
 
     def stop(self) -> None:
         """Ask the run to end after the current step, keeping the best weights (safe from any thread)."""
@@ -266,52 +287,77 @@ class Trainer:
 
         ``progress`` shows a :class:`ProgressBar` (one more callback) during this run.
         """
-        t = self.config.train
         if resume:
             self.load_checkpoint()
         callbacks = self.callbacks
         self.callbacks = [*callbacks, ProgressBar()] if progress else callbacks
+        with threads.scope(), reuse_freed_memory():  # threads for the free cores; heap kept for every step
+            self.callbacks.append(ThreadTuning())
+            self.loop(time_budget)
+        self.finish()
+        self.callbacks = callbacks
+        return self.history
+
+    def loop(self, time_budget: float | None) -> None:
+        """Epochs until the configured number, the time budget or a stop request."""
+        t = self.config.train
         start, steps = time.monotonic(), self.epoch * t.steps_per_epoch
         spent = self.history[-1]["seconds"] if self.history else 0.0
         self.announce("on_start")
         self.net.train()
-        with reuse_freed_memory():  # large tensors of every step come back from the heap
-            try:
-                out_of_time = False
-                while self.epoch < t.epochs and not out_of_time and not self.stopping.is_set():
-                    losses = []
-                    feed = Prefetcher(self.sampler.batches([t.seed, self.epoch], t.steps_per_epoch, t.batch_size))
-                    try:
-                        for batch in feed:
-                            if t.lr_schedule == "cosine":
-                                done = (self.epoch * t.steps_per_epoch + len(losses)) / (t.epochs * t.steps_per_epoch)
-                                if time_budget:
-                                    done = max(done, (time.monotonic() - start) / time_budget)
-                                self.set_lr(t.learning_rate * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
-                            losses.append(self.step(*batch))
-                            steps += 1
-                            self.announce("on_step", steps, losses[-1])
-                            out_of_time = time_budget is not None and time.monotonic() - start >= time_budget
-                            if out_of_time or self.stopping.is_set():
-                                break
-                    finally:
-                        feed.close()
-                    self.end_epoch(losses, spent + time.monotonic() - start)
-            except KeyboardInterrupt:
-                raise CarekitError(
-                    f"training interrupted after epoch {self.epoch}; the best model is in {self.dir}, "
-                    "continue with --resume"
-                ) from None
-        self.finish()
-        self.callbacks = callbacks
-        return self.history
+        try:
+            out_of_time = False
+            while self.epoch < t.epochs and not out_of_time and not self.stopping.is_set() and not self.diverged:
+                losses = []
+                feed = Prefetcher(self.sampler.batches([t.seed, self.epoch], t.steps_per_epoch, t.batch_size))
+                try:
+                    for batch in feed:
+                        if t.lr_schedule == "cosine":
+                            done = (self.epoch * t.steps_per_epoch + len(losses)) / (t.epochs * t.steps_per_epoch)
+                            if time_budget:
+                                done = max(done, (time.monotonic() - start) / time_budget)
+                            self.set_lr(t.learning_rate * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
+                        losses.append(self.step(*batch))
+                        if not math.isfinite(losses[-1]):
+                            raise self.failure(f"the loss became {losses[-1]} at step {steps + 1}")
+                        steps += 1
+                        self.announce("on_step", steps, losses[-1])
+                        out_of_time = time_budget is not None and time.monotonic() - start >= time_budget
+                        if out_of_time or self.stopping.is_set():
+                            break
+                finally:
+                    feed.close()
+                self.end_epoch(losses, spent + time.monotonic() - start)
+        except KeyboardInterrupt:
+            raise CarekitError(
+                f"training interrupted after epoch {self.epoch}; the best model is in {self.dir}, "
+                "continue with --resume"
+            ) from None
 
     def announce(self, event: str, *args) -> None:
         for callback in self.callbacks:
             getattr(callback, event)(self, *args)
 
+    def failure(self, what: str) -> CarekitError:
+        """The error that ends a run whose numbers stopped being finite (the best weights stay)."""
+        kept = f"the best weights so far are in {self.dir}" if (self.dir / WEIGHTS).exists() else "no weights were kept"
+        return CarekitError(f"training diverged in epoch {self.epoch + 1}: {what}; {kept}; train again with a lower "
+                            "--learning-rate, or check the training images")  # fmt: skip
+
+    def check_diverged(self, score: float) -> None:
+        """Stop, with a warning, when the validation loss grew by orders of magnitude over its best."""
+        if math.isfinite(self.best) and self.best > 0 and score > DIVERGED * self.best:
+            self.diverged = True
+            warn(f"training diverged in epoch {self.epoch}: the validation loss {score:.3g} is "
+                 f"{score / self.best:.0f}x its best ({self.best:.3g}); stopped, keeping the best weights in "
+                 f"{self.dir}; a lower --learning-rate trains more steadily")  # fmt: skip
+
     def end_epoch(self, losses: list[float], seconds: float) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in self.kept.parameters()):
+            raise self.failure("the weights became NaN or infinite")
         val = self.validate()
+        if self.val is not None and not math.isfinite(val):
+            raise self.failure(f"the validation loss became {val}")
         score = val if not math.isnan(val) else float(np.mean(losses))
         if self.config.train.lr_schedule == "plateau":
             self.sched.step(score)
@@ -325,6 +371,7 @@ class Trainer:
             "lr": self.opt.param_groups[0]["lr"],
         }
         self.history.append(row)
+        self.check_diverged(score)
         if score < self.best:
             self.best = score
             save_weights(self.dir / WEIGHTS, self.kept)
@@ -356,19 +403,21 @@ class Trainer:
             "history": self.history,
             "param_groups": opt_state["param_groups"],
             "scheduler": self.sched.state_dict(),
+            "run": self.record,
         }
         write_atomic(self.dir / LAST, lambda tmp: save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)}))
 
     def load_checkpoint(self) -> None:
         path = self.dir / LAST
+        meta = checkpoint_state(path)
         try:
-            tensors = load_file(str(path))
-            from safetensors import safe_open
+            self.restore(load_file(str(path)), meta)
+        except Exception as e:  # a damaged or foreign checkpoint: safetensors and torch raise several types
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CarekitError(f"{path}: cannot resume from it ({first}); train again without --resume") from None
 
-            with safe_open(str(path), "pt") as f:
-                meta = json.loads(f.metadata()["state"])
-        except Exception as e:
-            raise CarekitError(f"{path}: cannot read checkpoint ({e}); train again without --resume") from None
+    def restore(self, tensors: dict, meta: dict) -> None:
+        """Load the weights, optimizer and scheduler state and history of a checkpoint."""
         self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         if self.averaged is not None:
             self.averaged.load(tensors, self.net)
@@ -384,6 +433,17 @@ class Trainer:
         self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         self.sched.load_state_dict(meta["scheduler"])
         self.epoch, self.best, self.history = meta["epoch"], meta["best"], meta["history"]
+
+
+def checkpoint_state(path: Path) -> dict:
+    """The bookkeeping a checkpoint keeps beside its tensors (epoch, history, optimizer, run record)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads(f.metadata()["state"])
+    except Exception as e:  # safetensors, json and a missing key raise several types for damaged files
+        raise CarekitError(f"{path}: cannot read checkpoint ({e}); train again without --resume") from None
 
 
 def write_history(path: Path, history: list[dict]) -> None:

@@ -17,19 +17,29 @@ import numpy as np
 import torch
 
 from carekit.config import RESIDUAL_FROM_DB, Config, NetConfig, TrainConfig, default_spatial
-from carekit.data.pairs import ImagePair
+from carekit.data.pairs import ImagePair, check_pairs
 from carekit.engine import choose_engine
 from carekit.errors import CarekitError
+from carekit.guards import (
+    NET_FIELDS,
+    TRAIN_FIELDS,
+    check_intensity_map,
+    check_same_run,
+    check_same_settings,
+    check_time_budget,
+    check_trainable,
+    run_record,
+)
 from carekit.io import prepare_output, read_json, write_json
+from carekit.margin import Margin
 from carekit.metrics import decibels, fitted_error
 from carekit.model import CARE, CONFIG, LAST, WEIGHTS, build_net
+from carekit.pretrained import warm_start
 from carekit.registry import Mode, TrainingData, mode_of
 from carekit.sampling import PatchSampler
 from carekit.trainer import Callback, Loss, Sampler, Trainer
 
-RUN_OPTIONS = ("time_budget", "device", "progress", "callbacks", "init", "stop", "loss")  # fit's keywords
-NET_FIELDS = set(NetConfig.__dataclass_fields__)
-TRAIN_FIELDS = set(TrainConfig.__dataclass_fields__)
+RUN_OPTIONS = ("time_budget", "device", "progress", "callbacks", "initialize", "stop", "loss")  # fit's keywords
 
 
 def check_settings(settings: dict) -> None:
@@ -47,17 +57,25 @@ def make_config(axes: str, channels: tuple[int, int], settings: dict, mode: str 
     return Config(axes, mode, settings.get("spatial", ""), channels[0], channels[1], net, train, **parts)
 
 
-def resumable(model_dir: Path, resume: bool, overwrite: bool, epochs: int | None = None) -> Config | None:
-    """The folder's configuration when resuming (``epochs`` raised if given); None for a fresh start.
+def resumable(model_dir: Path, resume: bool, overwrite: bool, settings: dict | None = None,
+              mode: str | None = None) -> Config | None:  # fmt: skip
+    """The folder's configuration when resuming (its epochs raised to ``settings["epochs"]`` if given);
+    None for a fresh start.
 
-    A fresh start refuses a folder that already holds a model unless ``overwrite``.
+    A resumed run keeps its own settings: ``settings`` that differ from them, or another ``mode``,
+    are refused. A fresh start refuses a folder that already holds a model unless ``overwrite``.
     """
+    settings = settings or {}
     if resume:
         if not (model_dir / LAST).exists():
             raise CarekitError(f"{model_dir}: no checkpoint to resume; train without --resume first")
         config = Config.from_dict(read_json(model_dir / CONFIG), source=str(model_dir / CONFIG))
-        if epochs is not None:
-            config.train.epochs = int(epochs)
+        if mode is not None and config.mode != mode:
+            raise CarekitError(f"{model_dir}: the interrupted run trained a {config.mode} model; resume it with "
+                               f"--mode {config.mode}")  # fmt: skip
+        check_same_settings(model_dir, config, settings)
+        if settings.get("epochs") is not None:
+            config.train.epochs = settings["epochs"]
             config.train.validate()
         return config
     if (model_dir / WEIGHTS).exists() and not overwrite:
@@ -96,17 +114,21 @@ def train_mode(kind: Mode, model_dir: str | Path, inputs: dict, *, resume: bool 
     """The training outline of every mode: ``inputs`` (the mode's, by name) into a model in ``model_dir``.
 
     ``settings`` hold the options of :func:`fit` (``time_budget``, ``device``, ``progress``,
-    ``callbacks``, ``init``, ``stop``, ``loss``), :class:`~carekit.config.NetConfig` and
+    ``callbacks``, ``initialize``, ``stop``, ``loss``), :class:`~carekit.config.NetConfig` and
     :class:`~carekit.config.TrainConfig` fields and the mode's own settings.
     """
     run = {k: settings.pop(k) for k in RUN_OPTIONS if k in settings}
     model_dir = Path(model_dir)
     own = {k: settings.pop(k) for k in kind.settings if k in settings}
     check_settings(settings)
-    saved = resumable(model_dir, resume, overwrite, settings.get("epochs"))
+    saved = resumable(model_dir, resume, overwrite, settings, kind.name)
     if saved is None:  # a fresh start: the mode's training defaults where the user gave none
         settings = {**(kind.train_defaults or {}), **settings}
     data: TrainingData = kind.data(inputs, saved, {**settings, **own, "progress": run.get("progress", True)})
+    check_pairs(data.pairs)
+    record = run_record(kind, inputs, own, data.pairs)
+    if resume:
+        check_same_run(model_dir, record)
     spatial = data.spatial or settings.get("spatial") or default_spatial(data.axes)
     parts = {kind.part: data.part} if kind.part else {}
     config = saved or make_config(data.axes, channels_of(data.pairs), {**settings, "spatial": spatial}, kind.name,
@@ -121,7 +143,7 @@ def train_mode(kind: Mode, model_dir: str | Path, inputs: dict, *, resume: bool 
     sampler = PatchSampler(data.pairs, t.patch_size, **options)
     if kind.sampler is not None:
         sampler = kind.sampler(sampler, config)
-    return fit(sampler, config, model_dir, resume=resume, **run)
+    return fit(sampler, config, model_dir, resume=resume, record=record, **run)
 
 
 def settle(config: Config, pairs: list[ImagePair]) -> None:
@@ -134,23 +156,30 @@ def settle(config: Config, pairs: list[ImagePair]) -> None:
 
 def fit(sampler: Sampler, config: Config, model_dir: str | Path, *, loss: Loss | None = None, resume: bool = False,
         time_budget: float | None = None, device: str = "auto", progress: bool = True,
-        callbacks: Sequence[Callback] = (), init: Callable[[CARE], None] | None = None,
-        stop: threading.Event | None = None) -> CARE:  # fmt: skip
+        callbacks: Sequence[Callback] = (), initialize: Callable[[CARE], None] | None = None,
+        stop: threading.Event | None = None, record: dict | None = None) -> CARE:  # fmt: skip
     """Train ``config``'s network on ``sampler``'s batches into ``model_dir`` and return the best model.
 
     ``loss`` defaults to the configuration's; ``callbacks`` are told of the start, every step, every
-    epoch and the end (a progress bar joins them unless ``progress`` is False); ``init`` is called
-    with the freshly built model (e.g. to load pretrained weights; not on ``resume``); setting
-    ``stop`` from another thread ends training cleanly, keeping the best weights.
+    epoch and the end (a progress bar joins them unless ``progress`` is False); ``initialize`` is
+    called with the freshly built model instead of the warm start from carekit's pretrained network
+    (:func:`carekit.pretrained.warm_start`; neither on ``resume``); setting
+    ``stop`` from another thread ends training cleanly, keeping the best weights. ``record``
+    identifies the run in its checkpoints (see :func:`run_record`).
     """
     model_dir = Path(model_dir)
+    check_time_budget(time_budget)
+    check_intensity_map(sampler.intensity_map)
     config.intensity_map = sampler.intensity_map.to_dict()
     prepare_output(model_dir / WEIGHTS, role="--model")
     torch.manual_seed(config.train.seed)
     care = mode_of(config.mode).model(config, build_net(config), model_dir)
-    if init is not None and not resume:
-        init(care)
+    engine = choose_engine(device, config.train.precision, care.probe(train=True))
+    check_trainable(care, engine)
+    if not resume:  # the pretrained start, unless the caller brings its own or training.init is "scratch"
+        (initialize or warm_start)(care)
     write_json(model_dir / CONFIG, config.to_dict())
-    trainer = Trainer(care, sampler, model_dir, choose_engine(device, config.train.precision), loss, callbacks, stop)
+    trainer = Trainer(care, sampler, model_dir, engine, loss, [*callbacks, Margin()], stop)
+    trainer.record = record
     trainer.run(time_budget=time_budget, resume=resume, progress=progress)
     return CARE.load(model_dir)

@@ -14,19 +14,24 @@ overlap at all. The mixture entropy has no closed form; it is integrated numeric
 ``H = -mean_m E_{x ~ p_m}[ln p(x)]`` with Gaussian quadrature on each side of every member's
 mode, split where the log-density has kinks (exact when members coincide).
 
-Calibration is isotonic: on held-out pairs the probability integral transform ``F(truth)``
-is recorded, and calibrated quantiles are read through its empirical quantiles, so central
-intervals cover what they claim (see :class:`Distribution` and :func:`pit_table`).
+Calibration is isotonic and conditional on each pixel's predicted intensity: on
+held-out pairs the probability integral transform ``F(truth)`` is recorded per intensity bin,
+and calibrated quantiles are read through its empirical quantiles, so central intervals cover
+what they claim in background and on structure alike (see :mod:`carekit.calibration`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
+from carekit.calibration import PIT_GRID, Calibration, calibration_error, inside, pit_table
+
+__all__ = ["PIT_GRID", "Calibration", "Distribution", "Laplace", "Mixture", "calibration_error", "coverage",
+           "disagreement", "pit_table"]  # fmt: skip
 LEVELS = (0.5, 0.8, 0.9, 0.95)
-PIT_GRID = np.linspace(0.0, 1.0, 201)
 LEGENDRE = 12  # nodes between two kinks
 LAGUERRE = 24  # nodes beyond the last kink
 
@@ -45,13 +50,19 @@ def laplace_cdf(x, mean, scale):
 class Distribution:
     """Per-pixel predictive distributions, optionally recalibrated.
 
-    ``pit`` is a calibration table: the quantiles, at :data:`PIT_GRID`, of the probability
-    integral transform ``F(truth)`` measured on held-out data. A calibrated quantile ``q`` is
-    the raw quantile at ``pit(q)``, so intervals cover what they claim on data like the
-    calibration data (an isotonic recalibration).
+    ``calibration`` (a :class:`~carekit.calibration.Calibration`, or a global table as an
+    array) holds the quantiles, at :data:`PIT_GRID`, of the probability integral transform
+    ``F(truth)`` measured on held-out data, per bin of predicted intensity. A
+    calibrated quantile ``q`` is the raw quantile at ``table(q)`` of the pixel's bin, so
+    intervals cover what they claim at every intensity (an isotonic recalibration).
     """
 
-    pit: np.ndarray | None = None
+    calibration: Calibration | None = None
+    mean: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.calibration is not None and not isinstance(self.calibration, Calibration):
+            self.calibration = Calibration.global_(self.calibration)
 
     def raw_quantile(self, u: np.ndarray | float) -> np.ndarray:
         raise NotImplementedError
@@ -60,7 +71,8 @@ class Distribution:
         raise NotImplementedError
 
     def calibrated(self, q):
-        return q if self.pit is None else np.interp(q, PIT_GRID, self.pit)
+        """The raw quantile level that calibrated level ``q`` reads, per pixel (by its predicted intensity)."""
+        return q if self.calibration is None else self.calibration.map(q, self.mean)
 
     def quantile(self, q: float) -> np.ndarray:
         return self.raw_quantile(self.calibrated(q)).astype(np.float32)
@@ -87,7 +99,7 @@ class Laplace(Distribution):
 
     mean: np.ndarray
     scale: np.ndarray
-    pit: np.ndarray | None = None
+    calibration: Calibration | None = None
 
     @property
     def variance(self) -> np.ndarray:
@@ -111,9 +123,9 @@ class Mixture(Distribution):
 
     means: np.ndarray
     scales: np.ndarray
-    pit: np.ndarray | None = None
+    calibration: Calibration | None = None
 
-    @property
+    @cached_property
     def mean(self) -> np.ndarray:
         return self.means.mean(axis=0)
 
@@ -202,29 +214,14 @@ def disagreement(means: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 # -- calibration ------------------------------------------------------------------------
-def pit_table(pit_values: np.ndarray) -> np.ndarray:
-    """The calibration table: quantiles of the observed ``F(truth)`` values at :data:`PIT_GRID`."""
-    table = np.quantile(np.asarray(pit_values, np.float64).ravel(), PIT_GRID)
-    table[0], table[-1] = 0.0, 1.0
-    return np.maximum.accumulate(table)
-
-
-def coverage(pit_values: np.ndarray, levels=LEVELS, table: np.ndarray | None = None) -> dict[float, float]:
+def coverage(pit_values: np.ndarray, levels=LEVELS, table: Calibration | np.ndarray | None = None,
+             coordinate: np.ndarray | None = None) -> dict[float, float]:  # fmt: skip
     """Fraction of pixels inside the central interval per nominal level, from ``F(truth)`` values.
 
-    The truth lies inside the (recalibrated, with ``table``) central ``level`` interval exactly
-    when ``F(truth)`` lies between the calibrated ``(1 - level) / 2`` and ``(1 + level) / 2``.
+    The truth lies inside the (recalibrated, with ``table`` and the pixels' ``coordinate``)
+    central ``level`` interval exactly when ``F(truth)`` lies between the calibrated
+    ``(1 - level) / 2`` and ``(1 + level) / 2``.
     """
-    u = np.asarray(pit_values, np.float64).ravel()
-    out = {}
-    for p in levels:
-        lo, hi = (1 - p) / 2, (1 + p) / 2
-        if table is not None:
-            lo, hi = np.interp(lo, PIT_GRID, table), np.interp(hi, PIT_GRID, table)
-        out[float(p)] = float(np.mean((u >= lo) & (u <= hi)))
-    return out
-
-
-def calibration_error(cover: dict[float, float]) -> float:
-    """Expected calibration error: the mean absolute gap between empirical and nominal coverage."""
-    return float(np.mean([abs(c - p) for p, c in cover.items()]))
+    if table is not None and not isinstance(table, Calibration):
+        table = Calibration.global_(table)
+    return {float(p): float(np.mean(inside(pit_values, p, table, coordinate))) for p in levels}

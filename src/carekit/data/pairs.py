@@ -6,6 +6,7 @@ so training memory is bounded by the images, not by a pre-cut patch array.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from carekit.axes import check_axes, to_net
-from carekit.errors import CarekitError
-from carekit.io import check_finite, list_images, read_with_axes
+from carekit.errors import CarekitError, warn
+from carekit.io import check_finite, list_images, read_with_axes, same_path
 
 
 @dataclass
@@ -77,12 +78,24 @@ def pairs_from_arrays(low, high, axes: str, spatial: str, make: MakePairs = spli
     return check_channels(pairs)
 
 
+def check_distinct(low_paths: Sequence[str | Path], high_path: str | Path) -> None:
+    """Refuse an input path given twice (its pairs would count double) or the targets given as input."""
+    for i, a in enumerate(low_paths):
+        if same_path(Path(a), Path(high_path)):
+            raise CarekitError(f"{a}: is both --low and --high; inputs and targets must be different images")
+        for b in low_paths[:i]:
+            if same_path(Path(a), Path(b)):
+                raise CarekitError(f"--low names {a} twice (as {b} and {a}); give each input once")
+
+
 def match_files(low_paths: Sequence[str | Path], high_path: str | Path) -> list[tuple[Path, Path]]:
     """Match input files to target files by name. Several input folders may share one target folder."""
+    low_paths = [low_paths] if isinstance(low_paths, (str, Path)) else list(low_paths)
+    check_distinct(low_paths, high_path)
     high_files = list_images(high_path, role="target (--high)")
     if len(high_files) == 1 and Path(high_path).is_file():
         lows = [f for p in low_paths for f in list_images(p, role="input (--low)")]
-        return [(f, high_files[0]) for f in lows]
+        return once([(f, high_files[0]) for f in lows])
     by_name = {f.name: f for f in high_files}
     matched = []
     for p in low_paths:
@@ -92,6 +105,19 @@ def match_files(low_paths: Sequence[str | Path], high_path: str | Path) -> list[
                     f"{f}: no target named {f.name} in {high_path}; input and target files are matched by name"
                 )
             matched.append((f, by_name[f.name]))
+    return once(matched)
+
+
+def once(matched: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """Refuse an input file reached twice (a folder and a file in it, or a link)."""
+    seen: dict[Path, Path] = {}
+    for f, target in matched:
+        key = f.resolve()
+        if key in seen:
+            raise CarekitError(f"{f}: given twice as --low (also as {seen[key]}); give each input once")
+        if key == target.resolve():
+            raise CarekitError(f"{f}: is both input and target; --low and --high must be different images")
+        seen[key] = f
     return matched
 
 
@@ -104,6 +130,45 @@ def pairs_from_files(low_paths: Sequence[str | Path], high_path: str | Path, axe
         hi, _ = read_with_axes(high_file, high_axes or axes)
         pairs += make(lo, hi, axes, spatial, str(low_file))
     return check_channels(pairs)
+
+
+def check_pairs(pairs: list[ImagePair]) -> None:
+    """Refuse training data with nothing to learn; warn about pairs that teach nothing.
+
+    Constant targets (all 0, say) or inputs, and inputs identical to their targets, are an error
+    where every pair is so (a model trained on them would be silently useless) and a warning
+    where some are.
+    """
+    problems = {
+        "constant target(s)": [p.name for p in pairs if np.ptp(p.high) == 0],
+        "constant input(s)": [p.name for p in pairs if np.ptp(p.low) == 0],
+        "input(s) identical to their targets": [
+            p.name for p in pairs if p.low.shape == p.high.shape and np.array_equal(p.low, p.high)
+        ],
+    }
+    fixes = {
+        "constant target(s)": "check --high (an all-zero image?)",
+        "constant input(s)": "check --low (an all-zero image?)",
+        "input(s) identical to their targets": "--low and --high must be low- and high-SNR images",
+    }
+    for what, names in problems.items():
+        if len(names) == len(pairs):
+            raise CarekitError(f"{names[0]}: every training pair has {what}, so there is nothing to learn; "
+                               f"{fixes[what]}")  # fmt: skip
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            warn(f"{len(names)} of {len(pairs)} training pairs have {what} and teach nothing: {shown}")
+
+
+def fingerprint(pairs: list[ImagePair]) -> str:
+    """A hash of the training pairs' contents (shapes, types and every value), to tell whether a resumed
+    run trains on the same data."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in pairs:
+        for a in (p.low, p.high):
+            h.update(f"{a.shape}{a.dtype}".encode())
+            h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
 
 
 def check_channels(pairs: list[ImagePair]) -> list[ImagePair]:

@@ -40,9 +40,49 @@ def random_directions(n: int, ndim: int, rng: np.random.Generator) -> np.ndarray
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def walk(start: np.ndarray, direction: np.ndarray, n_steps: int, step: float, turn: float, curvature: float,
+         rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+    """Points of a persistent random walk; ``curvature`` (1/px, 2D only) bends it into arcs whose
+    curvature itself drifts, so walks range from straight lines to arcs and S-shapes."""
+    ndim = len(start)
+    points = np.empty((n_steps, ndim))
+    pos, bend = start.astype(float), curvature * rng.standard_normal() if curvature else 0.0
+    for i in range(n_steps):
+        points[i] = pos
+        direction = direction + turn * rng.standard_normal(ndim)
+        if bend and ndim == 2:
+            direction = direction + step * bend * np.array([-direction[1], direction[0]])
+            bend += curvature * np.sqrt(step / 100.0) * rng.standard_normal()
+        direction /= np.linalg.norm(direction)
+        pos = pos + step * direction
+    return points
+
+
+def along(n: int, depth: float, rng: np.random.Generator) -> np.ndarray:
+    """Brightness along a structure of ``n`` points: 1 where ``depth`` is 0, else a smooth random
+    profile falling to ``1 - depth`` (over 5-40 px at 2 points per pixel), now and then with a gap."""
+    if depth <= 0:
+        return np.ones(n)
+    v = gaussian_filter(rng.standard_normal(n + 160), rng.uniform(10, 80), mode="wrap")[80:-80]
+    v = (v - v.min()) / (np.ptp(v) or 1.0)
+    profile = 1 - depth + depth * v
+    if rng.random() < 0.25 * depth:  # a stretch where the label is missing
+        centre, half = rng.integers(n), rng.integers(6, 30)
+        profile[max(0, centre - half) : centre + half] *= 0.1
+    return profile
+
+
+def beside(points: np.ndarray, distance: float) -> np.ndarray:
+    """A copy of a 2D polyline shifted ``distance`` px along its local normal (a bundled neighbour)."""
+    tangent = np.gradient(points, axis=0)
+    normal = np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)
+    return points + distance * normal / (np.linalg.norm(normal, axis=1, keepdims=True) + 1e-9)
+
+
 def tubules(shape: tuple[int, ...], rng: np.random.Generator, *, density: float = 0.02, length: float = 120.0,
-            persistence: float = 40.0, width: float = 0.5,
-            intensity: tuple[float, float] = (0.6, 1.0)) -> np.ndarray:  # fmt: skip
+            persistence: float = 40.0, width: float = 0.5, intensity: tuple[float, float] = (0.6, 1.0),
+            width_spread: float = 1.0, curvature: float = 0.0, profile: float = 0.0,
+            bundles: float = 0.0) -> np.ndarray:  # fmt: skip
     """Curved tubules as persistent random walks.
 
     Parameters
@@ -58,25 +98,44 @@ def tubules(shape: tuple[int, ...], rng: np.random.Generator, *, density: float 
         Gaussian sigma of the tubule cross-section in pixels (below the diffraction limit).
     intensity : (low, high)
         Brightness per unit length, drawn uniformly per tubule.
+    width_spread : float
+        Each tubule's width is ``width`` times a factor drawn log-uniformly from
+        ``[1 / width_spread, width_spread]`` (1: all alike).
+    curvature : float
+        Typical curvature (1/px) of arcs added to the walk, drifting along it (2D; 0: none).
+    profile : float
+        Depth of the brightness variation along each tubule, 0..1 (0: uniform).
+    bundles : float
+        Chance that a tubule runs with one to three parallel neighbours 1.5-5 px away (2D).
     """
     shape = tuple(int(s) for s in shape)
     ndim = len(shape)
     count = rng.poisson(max(density * np.prod(shape) / length, 0.0))
-    out = np.zeros(shape, np.float32)
     step = 0.5
     n_steps = max(2, int(length / step))
     turn = np.sqrt(2 * step / persistence) if persistence > 0 else 0.0
+    varied = width_spread > 1 or curvature > 0 or profile > 0 or bundles > 0
+    layers: dict[float, np.ndarray] = {}
     for _ in range(count):
-        pos = rng.uniform(0, 1, ndim) * np.array(shape)
-        direction = random_directions(1, ndim, rng)[0]
-        points = np.empty((n_steps, ndim))
-        for i in range(n_steps):
-            points[i] = pos
-            direction = direction + turn * rng.standard_normal(ndim)
-            direction /= np.linalg.norm(direction)
-            pos = pos + step * direction
-        splat(out, points, np.full(n_steps, rng.uniform(*intensity) * step))
-    return gaussian_filter(out, width) if width > 0 else out
+        start = rng.uniform(0, 1, ndim) * np.array(shape)
+        points = walk(start, random_directions(1, ndim, rng)[0], n_steps, step, turn, curvature, rng)
+        weights = np.full(n_steps, rng.uniform(*intensity) * step)
+        sigma = width
+        if varied:  # draws only where asked, so fixed recipes give the pairs they always gave
+            sigma = round(width * width_spread ** rng.uniform(-1, 1), 2)
+            weights = weights * along(n_steps, profile, rng)
+        group = [(points, weights)]
+        if bundles > 0 and ndim == 2 and rng.random() < bundles:
+            for k in range(1, rng.integers(2, 5)):
+                offset = k * rng.uniform(1.5, 5.0) * rng.choice([-1, 1])
+                group.append((beside(points, offset), weights[::-1] * rng.uniform(0.6, 1.2)))
+        layer = layers.setdefault(sigma, np.zeros(shape, np.float32))
+        for p, w in group:
+            splat(layer, p, w)
+    out = np.zeros(shape, np.float32)
+    for sigma, layer in layers.items():
+        out += gaussian_filter(layer, sigma) if sigma > 0 else layer
+    return out
 
 
 def granules(shape: tuple[int, ...], rng: np.random.Generator, *, density: float = 0.002, radius: float = 2.0,
@@ -123,7 +182,7 @@ def blur(image: np.ndarray, psf: np.ndarray) -> np.ndarray:
 
 def widefield(truth: np.ndarray, psf: np.ndarray, rng: np.random.Generator, *, photons: float = 50.0,
               background: float = 0.1, background_scale: float = 32.0, read_sigma: float = 2.0,
-              frames: int = 1) -> np.ndarray:  # fmt: skip
+              frames: int = 1, field: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """Image ``truth`` with a widefield microscope; returns camera counts (float32).
 
     The blurred truth is scaled so its brightest structures give ``photons`` per pixel;
@@ -135,7 +194,8 @@ def widefield(truth: np.ndarray, psf: np.ndarray, rng: np.random.Generator, *, p
     peak = float(np.percentile(blurred, 99.9)) or 1.0
     expected = blurred / peak * photons
     if background > 0:
-        expected = expected + background * photons * smooth_field(truth.shape, background_scale, rng)
+        shape = smooth_field(truth.shape, background_scale, rng) if field is None else field
+        expected = expected + background * photons * shape
     frames = max(1, int(frames))
     total = sum(poisson_gaussian(expected, rng, read_sigma=read_sigma) for _ in range(frames))
     return (total / frames).astype(np.float32)

@@ -44,6 +44,7 @@ DENOISE = register(
         net_defaults=FAST_DENOISE,
         options=PAIR_OPTIONS,
         supports=frozenset({"tiling", "out_of_core", "export", "tta", "uncertainty"}),
+        warm_start="denoise",
     )
 )
 
@@ -64,7 +65,7 @@ def train(low, high, axes: str, model_dir: str | Path, **options) -> CARE:
         Seconds after which training stops cleanly, keeping the best weights.
     resume : bool
         Continue from ``model_dir``'s last checkpoint (its configuration is kept).
-    overwrite, device, progress, callbacks, init, stop
+    overwrite, device, progress, callbacks, initialize, stop
         See :func:`carekit.training.train_mode`.
     **options
         Any :class:`~carekit.config.NetConfig` or :class:`~carekit.config.TrainConfig` field,

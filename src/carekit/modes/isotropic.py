@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from carekit.axes import check_axes, to_net
 from carekit.config import Config, require
@@ -26,7 +25,7 @@ from carekit.model import CARE, Run
 from carekit.modes.denoise import AXES
 from carekit.normalize import normalize
 from carekit.registry import Mode, Option, TrainingData, register
-from carekit.tiling import default_memory
+from carekit.tiling import Ticks, default_memory
 from carekit.training import train_mode
 
 COMBINES = ("geometric", "arithmetic")
@@ -190,21 +189,19 @@ class IsotropicCARE(AxialCARE):
         out = np.empty((c_out * (2 if self.config.net.probabilistic else 1), len(positions), ny, nx), np.float32)
         per_slab = max(1, SLAB_BYTES // (4 * c * len(positions) * max(ny, nx)))
         slabs_y, slabs_x = range(0, ny, per_slab), range(0, nx, per_slab)
-        bar = tqdm(total=len(slabs_y) + len(slabs_x), desc="isotropic", unit="slab", disable=not run.progress,
-                   leave=False)  # fmt: skip
-        for y0 in slabs_y:  # XZ planes
-            slab = resample_axis(normalize(volume[:, :, y0 : y0 + per_slab], lo, hi), 1, positions)  # C Z' b X
-            out[:, :, y0 : y0 + per_slab] = self.planes(slab.transpose(2, 0, 3, 1), run).transpose(1, 3, 0, 2)
-            bar.update()
-        for x0 in slabs_x:  # YZ planes
-            slab = resample_axis(normalize(volume[..., x0 : x0 + per_slab], lo, hi), 1, positions)  # C Z' Y b
-            restored = self.planes(slab.transpose(3, 0, 2, 1), run).transpose(1, 3, 2, 0)  # C Z' Y b
-            block = out[..., x0 : x0 + per_slab]
-            block[:c_out] = combine(block[:c_out], restored[:c_out], self.config.axial.combine)
-            if self.config.net.probabilistic:  # the less certain of the two views
-                block[c_out:] = np.maximum(block[c_out:], restored[c_out:])
-            bar.update()
-        bar.close()
+        with Ticks(len(slabs_y) + len(slabs_x), run.progress, "isotropic", "slab") as ticks:
+            for y0 in slabs_y:  # XZ planes
+                slab = resample_axis(normalize(volume[:, :, y0 : y0 + per_slab], lo, hi), 1, positions)  # C Z' b X
+                out[:, :, y0 : y0 + per_slab] = self.planes(slab.transpose(2, 0, 3, 1), run).transpose(1, 3, 0, 2)
+                ticks.update()
+            for x0 in slabs_x:  # YZ planes
+                slab = resample_axis(normalize(volume[..., x0 : x0 + per_slab], lo, hi), 1, positions)  # C Z' Y b
+                restored = self.planes(slab.transpose(3, 0, 2, 1), run).transpose(1, 3, 2, 0)  # C Z' Y b
+                block = out[..., x0 : x0 + per_slab]
+                block[:c_out] = combine(block[:c_out], restored[:c_out], self.config.axial.combine)
+                if self.config.net.probabilistic:  # the less certain of the two views
+                    block[c_out:] = np.maximum(block[c_out:], restored[c_out:])
+                ticks.update()
         return out
 
 

@@ -21,9 +21,11 @@ from carekit.training import train_mode
 def synthetic_data(inputs: dict, saved: Config | None, settings: dict) -> TrainingData:
     recipe = inputs.get("recipe")
     if saved is not None:
-        recipe = parse_recipe(saved.synthetic, "the model's recipe")
+        recipe = parse_recipe(saved.synthetic, "the model's recipe", saved=True)
     elif recipe is None:
         raise CarekitError("synthetic training needs --recipe RECIPE.json")
+    elif isinstance(recipe, dict):
+        recipe = parse_recipe(recipe)
     elif not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     pairs = generate_pairs(recipe, recipe.pairs, recipe.seed, settings.get("progress", False))

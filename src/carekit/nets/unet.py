@@ -224,7 +224,7 @@ class UNet(nn.Module):
         super().__init__()
         if ndim not in CONV:
             raise ValueError(f"ndim must be 2 or 3, got {ndim}")
-        self.ndim, self.depth, self.n_conv = ndim, depth, n_conv
+        self.ndim, self.depth, self.n_conv, self.in_channels = ndim, depth, n_conv, in_channels
         self.kernel = (kernel_size,) * ndim
         self.pool = tuple(pool) if pool is not None else (2,) * ndim
         self.residual = residual and in_channels == out_channels
@@ -290,6 +290,11 @@ class UNet(nn.Module):
             return out
         scale = F.softplus(self.scale_head(features.detach()).float()) + SCALE_FLOOR
         return torch.cat([out.float(), scale], dim=1)
+
+    def example_shape(self) -> tuple[int, ...]:
+        """A small input, ``(1, C, 16, 64, 64)`` or ``(1, C, 64, 64)`` rounded to the pooling grid, to time."""
+        edges = (16, 64, 64)[-self.ndim :]
+        return (1, self.in_channels, *(-(-e // g) * g for e, g in zip(edges, self.divisor(), strict=True)))
 
     def divisor(self) -> tuple[int, ...]:
         """Spatial sizes must be multiples of this (the pooling grid)."""

@@ -1,0 +1,37 @@
+"""Named training settings compared by the quality benchmark (keyword settings of ``carekit.train``).
+
+``default`` is whatever carekit does when told nothing, so its rows move when the defaults do;
+the others pin what they change.
+"""
+
+from __future__ import annotations
+
+SHORT_EPOCHS = {"epochs": 10_000, "steps_per_epoch": 50}  # validate and keep the best often
+BN_NET = {"residual": False, "batch_norm": True}
+
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "scratch": {"init": "scratch"},
+    "scratch-spe50": {**SHORT_EPOCHS, "init": "scratch"},
+    # the network of the shipped 2D/3D pre-trained ones (no residual, batch norm), from scratch or warm
+    "scratch-bn": {**BN_NET, "init": "scratch"},
+    "warm": {**BN_NET, "init": "pretrained"},
+    "warm-spe50": {**BN_NET, **SHORT_EPOCHS, "init": "pretrained"},
+    "warm-lr1e-4": {**BN_NET, "init": "pretrained", "learning_rate": 1e-4},
+    "warm-lr2e-4": {**BN_NET, "init": "pretrained", "learning_rate": 2e-4},
+    "warm-cosine": {**BN_NET, "init": "pretrained", "lr_schedule": "cosine"},
+    "warm-cosine-lr2e-4": {**BN_NET, "init": "pretrained", "lr_schedule": "cosine", "learning_rate": 2e-4},
+    "spe50": SHORT_EPOCHS,
+    "spe50-cosine": {**SHORT_EPOCHS, "lr_schedule": "cosine"},
+    "spe50-residual": {**SHORT_EPOCHS, "residual": True},
+    "spe50-noresidual": {**SHORT_EPOCHS, "residual": False},
+}
+
+
+def settings(name: str, precision: str = "auto") -> dict:
+    if name not in VARIANTS:
+        raise SystemExit(f"variant '{name}' is unknown; use one of {', '.join(VARIANTS)}")
+    out = dict(VARIANTS[name])
+    if precision != "auto":
+        out["precision"] = precision
+    return out

@@ -1,0 +1,69 @@
+"""Better than a simple filter? Every training ends by measuring it on its own validation patches.
+
+The network's restoration of the validation patches is scored against the best classical
+restoration of the same patches: a Gaussian filter and non-local means, each with the parameters
+that score best against the validation targets (for a projection model, applied to the stack's
+maximum and mean projections). The margin, in dB of the paper's PSNR, goes into the model's
+``config.json`` (``baseline``), its summary and ``carekit info``; a model that does not beat the
+filter is flagged with advice. Self-supervised training has no clean targets, so no margin.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from carekit.baselines import best_filter, mean_psnr
+from carekit.io import write_json
+from carekit.model import CONFIG
+from carekit.trainer import Callback, Trainer
+
+MAX_PATCHES = 16  # validation patches scored (spread over the set); NLM makes more slow
+
+
+def network_output(trainer: Trainer, x: np.ndarray) -> np.ndarray:
+    net, size, outs = trainer.net, trainer.config.train.batch_size, []
+    net.eval()
+    with torch.inference_mode():
+        for i in range(0, len(x), size):
+            with trainer.engine.autocast():
+                outs.append(net(trainer.engine.tensor(x[i : i + size])).float().cpu().numpy())
+    return np.concatenate(outs)[:, : trainer.config.n_channel_out]
+
+
+def planes(a: np.ndarray) -> np.ndarray:
+    """``(N, C, *spatial)`` as a stack of 2D planes, the way PSNR is averaged."""
+    return a.reshape(-1, *a.shape[-2:])
+
+
+def measure(trainer: Trainer) -> dict | None:
+    """The network's and the best simple filter's PSNR on the validation patches, and the margin."""
+    val = trainer.val
+    if val is None or len(val) < 2 or val[1] is None:
+        return None
+    pick = np.unique(np.linspace(0, len(val[0]) - 1, min(MAX_PATCHES, len(val[0]))).round().astype(int))
+    x, y = val[0][pick], val[1][pick]
+    network = mean_psnr(planes(network_output(trainer, x)), planes(y))
+    if x.ndim == y.ndim + 1:  # a stack against its 2D projection: filter the stack's projections
+        options = [("maximum projection, ", x.max(axis=2)), ("mean projection, ", x.mean(axis=2))]
+    elif x.shape[1] == y.shape[1]:
+        options = [("", x)]
+    else:
+        return None
+    best = None
+    for label, source in options:
+        found = best_filter(planes(source), planes(y))
+        found["method"] = label + found["method"]
+        best = found if best is None or found["psnr"] > best["psnr"] else best
+    return {"network_psnr": network, "best_classical": best, "margin_db": network - best["psnr"], "patches": len(pick)}
+
+
+class Margin(Callback):
+    """Measures the margin once the best weights are back in the model, and stores it with the model."""
+
+    def on_finish(self, trainer: Trainer) -> None:
+        report = measure(trainer)
+        if report is None:
+            return
+        trainer.care.config.baseline = report
+        write_json(trainer.dir / CONFIG, trainer.care.config.to_dict())
