@@ -125,7 +125,7 @@ def train_mode(kind: Mode, model_dir: str | Path, inputs: dict, *, resume: bool 
     if saved is None:  # a fresh start: the mode's training defaults where the user gave none
         settings = {**(kind.train_defaults or {}), **settings}
     data: TrainingData = kind.data(inputs, saved, {**settings, **own, "progress": run.get("progress", True)})
-    check_pairs(data.pairs)
+    check_pairs(data.pairs, self_supervised=kind.targets == "input")
     record = run_record(kind, inputs, own, data.pairs)
     if resume:
         check_same_run(model_dir, record)

@@ -86,6 +86,7 @@ N2N = register(
         net_defaults=DENOISE.net_defaults,
         train_defaults=N2N_TRAINING,
         sampler=lambda patches, config: SwappedPairs(patches),
+        targets="noisy",
         cite=lambda config: N2N_CITE,
         supports=frozenset({"tiling", "out_of_core", "export", "tta"}),
         options=(

@@ -144,6 +144,7 @@ N2V = register(
         net_defaults=N2V_NET,
         train_defaults=N2V_TRAINING,
         sampler=lambda patches, config: BlindSpotSampler(patches, config.n2v.spots()),
+        targets="input",
         cite=n2v_cite,
         supports=frozenset({"tiling", "out_of_core", "export", "tta"}),
         options=(
