@@ -346,6 +346,7 @@ class ChannelwiseUNet(nn.Module):
         self.members = nn.ModuleList(UNet(ndim, 1, 1, **settings) for _ in range(channels))
         first = self.members[0]
         self.ndim, self.residual, self.probabilistic = ndim, first.residual, first.probabilistic
+        self.in_channels = channels
 
     @property
     def phase_upsampling(self) -> bool:
@@ -361,6 +362,10 @@ class ChannelwiseUNet(nn.Module):
         if not self.probabilistic:
             return torch.cat(outs, dim=1)
         return torch.cat([o[:, :1] for o in outs] + [o[:, 1:] for o in outs], dim=1)
+
+    def example_shape(self) -> tuple[int, ...]:
+        """A small input to time: a member's example with every channel."""
+        return (1, self.in_channels, *self.members[0].example_shape()[2:])
 
     def divisor(self) -> tuple[int, ...]:
         return self.members[0].divisor()
