@@ -80,6 +80,10 @@ def converted_to(value: Any, kind: Any) -> tuple[bool, Any]:
     if origin is tuple:
         ok = isinstance(value, (list, tuple)) and all(converted_to(v, int)[0] for v in value)
         return ok, tuple(value) if ok else value
+    if origin is list:  # list[X]: every item an X (nested lists for masks)
+        items = [converted_to(v, typing.get_args(kind)[0]) for v in value] if isinstance(value, list) else None
+        ok = items is not None and all(good for good, _ in items)
+        return ok, [v for _, v in items] if ok else value
     if kind is dict or origin is dict:
         return isinstance(value, dict), value
     if is_dataclass(kind):
@@ -94,6 +98,9 @@ def type_name(kind: Any) -> str:
         return names[kind]
     if typing.get_origin(kind) is tuple:
         return "a list of integers"
+    if typing.get_origin(kind) is list:
+        item = type_name(typing.get_args(kind)[0]).removeprefix("an ").removeprefix("a ")
+        return f"a list of {'lists' + item.removeprefix('list') if item.startswith('list') else item + 's'}"
     return "an object"
 
 

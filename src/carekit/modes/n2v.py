@@ -49,7 +49,7 @@ class N2VConfig:
     masked_fraction: float = 0.02
     replacement: str = "median"
     window: int = 5
-    struct_mask: list | None = None
+    struct_mask: list[int] | list[list[int]] | list[list[list[int]]] | None = None  # 1 to 3 axes
 
     def __post_init__(self) -> None:
         if self.struct_mask is not None:
