@@ -105,3 +105,13 @@ def test_stale_partial_files_of_dead_processes_are_removed(tmp_path):
     other.write_bytes(b"half")
     assert io.remove_stale_partials(tmp_path / "out.tif") == [dead]
     assert alive.exists() and other.exists()
+
+
+def test_a_library_error_for_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    def writer(tmp):
+        tmp.write_bytes(b"half")
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    with pytest.raises(CarekitError, match="the disk is full"):
+        io.write_atomic(tmp_path / "w.safetensors", writer)
+    assert list(tmp_path.iterdir()) == []

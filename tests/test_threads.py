@@ -72,6 +72,8 @@ def test_scope_starts_with_the_free_cores_and_restores_torch(monkeypatch):
     assert seen[-1] == 2
     with threads.scope(shared_cores=True):
         assert seen[-1] == 2  # prediction starts with every core
+    with threads.scope(shared_cores=True, tune=False) as untuned:
+        assert seen[-1] == 2 and untuned is None  # a resumable restore keeps its threads whatever the load
 
 
 @pytest.mark.parametrize("value", ["1", "3"])

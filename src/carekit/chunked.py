@@ -224,13 +224,18 @@ def restore_chunked(model, image, output: str | Path, *, axes: str | None = None
             if on_block is not None:
                 on_block(block)
 
-        if dask and todo:
-            run_on_dask(dask, job.remote(), todo, finished)
-        else:
-            with threads.scope(window=3, shared_cores=True):
-                for block in todo:
-                    run_block(job, block)
-                    finished(block)
+        try:
+            if dask and todo:
+                run_on_dask(dask, job.remote(), todo, finished)
+            else:
+                with threads.scope(shared_cores=True, tune=False):  # every usable core: reruns repeat bit for bit
+                    for block in todo:
+                        run_block(job, block)
+                        finished(block)
+        except CarekitError:  # a run that finished no block (a scheduler out of reach) leaves nothing to resume
+            if not any((Path(job.partial) / MARKERS).glob("*.done")):
+                shutil.rmtree(job.partial, ignore_errors=True)
+            raise
     return finish(job, Path(output), model.output_spacing(spacing), overwrite)
 
 

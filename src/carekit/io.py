@@ -227,6 +227,9 @@ def remove_stale_partials(path: str | Path) -> list[Path]:
     return removed
 
 
+OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how Rust libraries quote the errno of an I/O failure
+
+
 def write_failed(path: Path, e: OSError) -> CarekitError:
     """A one-line error for a failed write (a full disk, a lost permission) that names ``path``."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -253,6 +256,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
         if isinstance(e, OSError):
             raise write_failed(p, e) from None
+        lost = OS_ERROR.search(str(e)) if isinstance(e, Exception) else None
+        if lost:  # a library's own wrapping of an I/O failure (safetensors: "... (os error 28)")
+            code = int(lost.group(1))
+            raise write_failed(p, OSError(code, os.strerror(code))) from None
         raise
 
 

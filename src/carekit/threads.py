@@ -57,7 +57,7 @@ def initial_threads(limit: int | None = None) -> int:
 
 
 @contextlib.contextmanager
-def scope(*, window: int = 4, shared_cores: bool = False) -> Iterator[ThreadTuner | None]:
+def scope(*, window: int = 4, shared_cores: bool = False, tune: bool = True) -> Iterator[ThreadTuner | None]:
     """Run a block with the thread count of :func:`initial_threads`, tuned by the step times sent to
     :func:`report` (see :class:`ThreadTuner`); torch's thread count is restored afterwards. Inside
     another scope of the same thread, the outer one keeps doing the work.
@@ -66,7 +66,9 @@ def scope(*, window: int = 4, shared_cores: bool = False) -> Iterator[ThreadTune
     made of few large operations (prediction of large tiles) gets more done on a shared core than
     without it (2048x2048 restored beside one busy process: 1.07 Mpx/s with two threads, 0.89 with
     one), while training's many small operations wait for the slowest thread (4.9 steps/s with one
-    thread, 2.7 with two).
+    thread, 2.7 with two). ``tune=False`` keeps the starting count: float32 results can differ in
+    the last bits between thread counts, and work that must repeat bit for bit (a resumed
+    OME-Zarr restore) should not depend on the load.
     """
     outer = getattr(_active, "tuner", False)
     if outer is not False:
@@ -76,7 +78,7 @@ def scope(*, window: int = 4, shared_cores: bool = False) -> Iterator[ThreadTune
     limit = min(before, usable_cores())
     start = (fixed_threads() or limit) if shared_cores else initial_threads(limit)
     torch.set_num_threads(start)
-    tuner = ThreadTuner(limit, start, window=window) if fixed_threads() is None and limit > 1 else None
+    tuner = ThreadTuner(limit, start, window=window) if tune and fixed_threads() is None and limit > 1 else None
     _active.tuner = tuner
     try:
         yield tuner

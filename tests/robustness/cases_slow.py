@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import resource
 import signal
 import subprocess
@@ -49,10 +50,26 @@ def epochs_done(model: Path) -> int:
     return max(0, len(history.read_text().splitlines()) - 1) if history.exists() else 0
 
 
+def checkpoint_content(path: Path) -> tuple[str, dict]:
+    """A safetensors file's tensors (hashed bit for bit) and metadata, without the wall-clock seconds
+    of the training history (the only thing two identical runs may differ in)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        digest = hashlib.sha1()
+        for key in sorted(f.keys()):
+            digest.update(key.encode() + f.get_tensor(key).numpy().tobytes())
+        meta = dict(f.metadata() or {})
+    if "state" in meta:
+        state = json.loads(meta["state"])
+        state["history"] = [{k: v for k, v in row.items() if k != "seconds"} for row in state.get("history", [])]
+        meta["state"] = state
+    return digest.hexdigest(), meta
+
+
 def same_files(a: Path, b: Path, names) -> str:
-    """'' where the files agree byte for byte, else which differ."""
-    differ = [n for n in names if hashlib.sha1((a / n).read_bytes()).digest() != hashlib.sha1((b / n).read_bytes())
-              .digest()]  # fmt: skip
+    """'' where the files' tensors agree bit for bit and their metadata too (timings aside), else which differ."""
+    differ = [n for n in names if checkpoint_content(a / n) != checkpoint_content(b / n)]
     return f"resumed run differs from an uninterrupted one in {', '.join(differ)}" if differ else ""
 
 
