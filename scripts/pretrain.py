@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             "schedule": "cosine",
             "precision": t.precision,
         },
-        "final_validation_loss": float(history[-1].split(",")[4]),
+        "best_validation_loss": min(float(row.split(",")[4]) for row in history[1:]),  # the weights kept
         "carekit": carekit.__version__,
         "command": "python scripts/pretrain.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "seconds": round(time.monotonic() - started),

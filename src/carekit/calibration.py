@@ -9,9 +9,10 @@ One table for all pixels (the global calibration) only holds on images that mix 
 and structure in the calibration images' proportions: a network's scale may be too wide in
 background and too narrow on bright structure, and one table averages the two. Here the
 tables are conditional on each pixel's *predicted intensity*: calibration pixels are cut into
-bins of equal count along it, each bin gets its own table, and a pixel's table is interpolated
-linearly between the two nearest bin centres. The intensity is taken in the model's output
-units, the training targets' units that every restoration is mapped to, because a restoration's
+bins of equal count along it, each bin gets its own table, and a pixel takes the table of the
+bin its predicted intensity falls in (so coverage on the calibration pixels is exact per bin). The
+intensity is taken in the model's output units, the training targets' units that every
+restoration is mapped to, because a restoration's
 errors follow the signal (shot noise) rather than a pixel's rank in its image: scaling each image
 by its own percentiles moved the bins with the image's share of background and its brightest
 structure, and calibrated intervals then missed by up to 27 points on some images (see the
@@ -82,9 +83,7 @@ class Calibration:
             return cls.global_(pit_table(pit))
         order = np.argsort(coordinate, kind="stable")
         groups = np.array_split(order, bins)
-        centres = np.array([np.median(coordinate[g]) for g in groups])
-        # equal centres (a flat image) would make interpolation ill-defined; nudge them apart
-        centres = np.maximum.accumulate(centres + np.arange(bins) * 1e-9)
+        centres = np.array([np.median(coordinate[g]) for g in groups])  # non-decreasing: the groups are sorted
         edges = np.array([(coordinate[a].max() + coordinate[b].min()) / 2 for a, b in itertools.pairwise(groups)])
         return cls(np.stack([pit_table(pit[g]) for g in groups]), centres, pit_table(pit), edges)
 

@@ -397,38 +397,43 @@ class Config:
             raise CarekitError(f"{source}: {e}; the configuration is damaged or from another program") from None
 
 
+def numbers(
+    values: Any, length: int | None = None, low: float = -math.inf, high: float = math.inf, ascending: bool = False
+) -> bool:
+    """Whether ``values`` is a list (of ``length`` items, if given) of finite numbers in [low, high],
+    non-decreasing where ``ascending``: what a configuration file must hold for a table."""
+    if not isinstance(values, list) or (length is not None and len(values) != length):
+        return False
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high for v in values):
+        return False
+    finite = all(math.isfinite(v) for v in values)
+    return finite and (not ascending or all(a <= b for a, b in itertools.pairwise(values)))
+
+
 def check_intensity_map(imap: dict | None, channels: int) -> None:
     """An intensity map holds one finite gain and offset per output channel."""
     if imap is None:
         return
     for key in ("gain", "offset"):
         values = imap.get(key)
-        ok = isinstance(values, list) and len(values) == channels
-        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+        ok = numbers(values, channels)
         require(ok, f"intensity_map.{key} must be {channels} finite number(s), got {values!r:.60}")
 
 
 def check_calibration(calibration: dict | None) -> None:
-    """A calibration holds its table: non-decreasing probabilities at ``PIT_GRID``."""
+    """A calibration holds its tables: non-decreasing probabilities at ``PIT_GRID``, the pooled one under
+    ``pit`` and, for a calibration by predicted intensity, one per bin at increasing centres and edges."""
     if not calibration:
         return
-    pit = calibration.get("pit")
-    ok = isinstance(pit, list) and len(pit) == len(PIT_GRID)
-    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in pit)
-    ok = ok and all(a <= b for a, b in itertools.pairwise(pit))
+    table = {"length": len(PIT_GRID), "low": 0.0, "high": 1.0, "ascending": True}
+    ok = numbers(calibration.get("pit"), **table)
     require(ok, f"calibration.pit must be {len(PIT_GRID)} non-decreasing probabilities; calibrate the model again")
     if "tables" in calibration or "centres" in calibration:  # per predicted-intensity bin (carekit.calibration)
         tables, centres = calibration.get("tables"), calibration.get("centres")
-        ok = isinstance(tables, list) and isinstance(centres, list) and 1 <= len(tables) == len(centres) <= 1000
-        ok = ok and all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in centres)
-        ok = ok and all(a <= b for a, b in itertools.pairwise(centres))
+        ok = numbers(centres, ascending=True) and 1 <= len(centres) <= 1000
+        ok = ok and isinstance(tables, list) and len(tables) == len(centres)
+        ok = ok and all(numbers(t, **table) for t in tables)
         edges = calibration.get("edges", [])
-        ok = ok and isinstance(edges, list) and len(edges) in (0, len(centres) - 1)
-        ok = ok and all(isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e) for e in edges)
-        ok = ok and all(a <= b for a, b in itertools.pairwise(edges))
-        for table in tables if ok else ():
-            ok = ok and isinstance(table, list) and len(table) == len(PIT_GRID)
-            ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in table)
-            ok = ok and all(a <= b for a, b in itertools.pairwise(table))
+        ok = ok and (edges == [] or numbers(edges, len(centres) - 1, ascending=True))
         require(ok, "calibration.tables must hold one non-decreasing table per bin at increasing centres and edges; "
                 "calibrate the model again")  # fmt: skip

@@ -4,7 +4,8 @@
 ``scripts/pretrain.py`` on a broad synthetic corpus (``carekit.data.corpus``) across noise levels;
 the JSON beside each records its network, corpus and training. A new model of a mode that declares
 ``warm_start`` starts from the one whose network matches its own (dimensions, depth, features,
-kernel, convolutions, batch normalisation); the residual needs no weights of its own. Other
+kernel, convolutions, batch normalisation, residual: a network trained to output the clean image
+would start badly as one that adds a correction to its input). Other
 channel counts are adapted: the first layer reads the mean of the input channels, the last one
 writes the same restoration to every output channel, and fine-tuning separates them. A Laplace
 scale head starts from random weights. Where nothing matches, training starts from scratch, as
@@ -25,7 +26,7 @@ from carekit.model import CARE
 from carekit.nets.unet import UNet
 from carekit.registry import mode_of
 
-SIGNATURE = ("depth", "n_first", "kernel_size", "n_conv", "batch_norm")
+SIGNATURE = ("depth", "n_first", "kernel_size", "n_conv", "batch_norm", "residual")
 
 
 def folder() -> Path:

@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,7 @@ from carekit.model import CARE, CURVE, HISTORY, LAST, WEIGHTS, load_weights, sav
 from carekit.normalize import IntensityMap
 
 HISTORY_COLUMNS = ("epoch", "steps", "seconds", "loss", "val_loss", "lr")
+LOG_INTERVAL = 15.0  # seconds between progress lines where stderr is not a terminal
 DIVERGED = 100.0  # an epoch's validation loss this many times the best one: the run diverged
 
 Batch = tuple  # (inputs, targets) or (inputs, targets, mask): float32 arrays (N, C, *patch); targets may be None
@@ -108,13 +110,15 @@ class Callback:
 
 
 class ProgressBar(Callback):
-    """A tqdm bar over the run's steps, showing the losses and the learning rate."""
+    """A tqdm bar over the run's steps, showing the losses and the learning rate; written to a log file
+    or pipe (a cluster job's output) at most every :data:`LOG_INTERVAL` seconds."""
 
     def on_start(self, trainer: Trainer) -> None:
         t = trainer.config.train
         self.losses: list[float] = []
+        interval = 0.1 if sys.stderr.isatty() else LOG_INTERVAL
         self.bar = tqdm(total=t.epochs * t.steps_per_epoch, initial=trainer.epoch * t.steps_per_epoch, desc="train",
-                        unit="step", dynamic_ncols=True)  # fmt: skip
+                        unit="step", dynamic_ncols=True, mininterval=interval)  # fmt: skip
 
     def on_step(self, trainer: Trainer, step: int, loss: float) -> None:
         self.losses.append(loss)
@@ -124,7 +128,8 @@ class ProgressBar(Callback):
 
     def on_epoch(self, trainer: Trainer, row: dict) -> None:
         self.losses.clear()
-        self.bar.set_postfix(loss=f"{row['loss']:.4f}", val=f"{row['val_loss']:.4f}", lr=f"{row['lr']:.1e}")
+        row_text = {"loss": f"{row['loss']:.4f}", "val": f"{row['val_loss']:.4f}", "lr": f"{row['lr']:.1e}"}
+        self.bar.set_postfix(row_text, refresh=False)
 
     def on_finish(self, trainer: Trainer) -> None:
         self.bar.close()
