@@ -15,7 +15,8 @@ ordinary convolution; outputs and gradients are the same up to float rounding.
 
 Two variants serve self-supervised training (N2V2, Hock et al. 2022), whose blind-spot networks
 otherwise show checkerboard artefacts: blur pooling (a stride-1 maximum, then a [1, 2, 1] blur
-sampled every second pixel) instead of max pooling, and no skip connection at the top level.
+sampled every second pixel) instead of max pooling, and no skip connection at the top level
+(which then upsamples linearly).
 :class:`ChannelwiseUNet` restores each channel with a network of its own.
 """
 
@@ -34,6 +35,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 CONV_F = {2: F.conv2d, 3: F.conv3d}
 POOL = {2: F.max_pool2d, 3: F.max_pool3d}
+LINEAR = {2: "bilinear", 3: "trilinear"}
 NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 SCALE_FLOOR = 1e-3  # smallest Laplace scale, in normalised intensity units
 
@@ -215,6 +217,8 @@ class UNet(nn.Module):
     top_skip : bool
         Keep the skip connection of the top level (N2V2 drops it: that level's features then come
         from the coarser levels only, so no single input pixel reaches the output unfiltered).
+        Without it the top level upsamples linearly: nearest upsampling would leave a pattern of
+        2-pixel blocks that no full-resolution feature is there to undo (a peak at Nyquist).
     """
 
     def __init__(self, ndim: int, in_channels: int, out_channels: int, *, depth: int = 2, n_first: int = 32,
@@ -274,7 +278,9 @@ class UNet(nn.Module):
         if not self.top_skip:
             skips[0] = None
         for block, skip in zip(self.up, reversed(skips), strict=True):
-            if phase and self.phase_plans is not None:
+            if skip is None:  # the top level without its skip: linear upsampling (see the class)
+                h = block(F.interpolate(h, scale_factor=self.pool, mode=LINEAR[self.ndim], align_corners=False))
+            elif phase and self.phase_plans is not None:
                 h = block[1:](upsample_concat_conv(h, skip, block[0], self.pool, self.phase_plans))
             else:
                 h = F.interpolate(h, scale_factor=self.pool, mode="nearest")
@@ -317,6 +323,7 @@ class UNet(nn.Module):
                 radius += scale * (p - 1)
                 scale //= p
                 radius += self.n_conv * (k // 2) * scale
+            radius += 0 if self.top_skip else p  # linear upsampling reads one more coarse pixel
             halos.append(-(-radius // d) * d)
         return tuple(halos)
 
