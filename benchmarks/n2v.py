@@ -51,9 +51,9 @@ def checkerboard(a: argparse.Namespace) -> dict:
     truth, noisy = demo.make_data(photons=a.photons[0])
     rows = {}
     for name, extra in (("N2V2 (default)", {}), ("Noise2Void (uniform, max pooling, top skip)", PLAIN_N2V)):
-        with tempfile.TemporaryDirectory() as d:
+        with tempfile.TemporaryDirectory() as d:  # both from scratch: only plain N2V's network has no warm start
             model, seconds = timed(train_n2v, noisy, "SYX", Path(d) / "m", progress=False, seed=a.seed,
-                                   **steps(a.steps), **extra)  # fmt: skip
+                                   init="scratch", **steps(a.steps), **extra)  # fmt: skip
             out = model.predict(noisy, "SYX")
         rows[name] = {"psnr": demo.scores(out[TEST[0]], truth[TEST[0]])["psnr"], "peaks": checkerboard_peaks(out),
                       "seconds": seconds, "settings": extra}  # fmt: skip

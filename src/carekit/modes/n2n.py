@@ -4,8 +4,9 @@ The target of each input is another acquisition as noisy as itself (two folders 
 or adjacent time points of a time-lapse whose sample does not change between them). With noise
 of zero mean the network learns what it would learn from clean targets, only more slowly. Each
 pair trains both ways round (input and target swapped at random), so both acquisitions serve as
-inputs. Prediction, tiling, out-of-core prediction, test-time augmentation and export are those
-of every denoising model.
+inputs. A new model starts, as a denoising one does, from the shipped denoising network that
+matches its own (``init="scratch"`` opts out). Prediction, tiling, out-of-core prediction,
+test-time augmentation and export are those of every denoising model.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ N2N = register(
         check=check_n2n,
         net_defaults=DENOISE.net_defaults,
         train_defaults=N2N_TRAINING,
+        warm_start="denoise",
         sampler=lambda patches, config: SwappedPairs(patches),
         targets="noisy",
         cite=lambda config: N2N_CITE,
