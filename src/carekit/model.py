@@ -237,7 +237,7 @@ class CARE:
         with threads.scope(window=3, shared_cores=True):  # every core, tuned batch by batch
             y = self.network_pass(x, lo, hi, Run(engine, n_tiles, memory, progress, tta), **options)
         lo, hi = (v.reshape(*v.shape[:2], *(1,) * (y.ndim - 2)) for v in (lo, hi))
-        mean, scale = self.to_intensities(y, lo, hi)
+        mean, scale = self.to_intensities(y, lo, hi, x)
         check_result(y, "prediction")  # mean and scale are views of y
         spatial = self.result_spatial or layout.spatial
         c = mean.shape[1] + (0 if scale is None else scale.shape[1])
@@ -285,9 +285,12 @@ class CARE:
         return predict_tiled(forward or self.inference_net, x, engine, grid=self.net.divisor(), halo=self.net.halo(),
                              bytes_per_voxel=per_voxel, n_tiles=n_tiles, memory=memory, progress=progress)  # fmt: skip
 
-    def to_intensities(self, y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def to_intensities(self, y: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                       x: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
         """Mean and scale of network output ``y`` in the target's intensity units, in place (views of ``y``).
 
+        ``x``, the raw input of the same pixels where there is one, serves modes whose result
+        also reads it (Noise2Void's blend).
         ``lo``/``hi`` are the input's percentiles; the mean is de-normalised with the target
         percentiles they map to, and the scale multiplied by the same span.
         """

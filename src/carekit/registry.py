@@ -62,6 +62,7 @@ class Mode:
     cite: Callable[[Any], tuple] | None = None  # Config -> ((reference, DOI), ...) of its method; default CARE's
     options: tuple[Option, ...] = ()  # its options of 'carekit train'
     supports: frozenset[str] = frozenset({"tiling", "uncertainty"})  # which FEATURES
+    finish: Callable[[Any, TrainingData], None] | None = None  # (trained model, its data): measured after training
     warm_start: str | None = None  # the shipped pretrained network family it starts from (carekit.pretrained)
     # what it trains towards: "clean" images, "noisy" ones (independent noise, as Noise2Noise's) or
     # "input", the noisy input itself (blind-spot training, as Noise2Void's)

@@ -143,7 +143,10 @@ def train_mode(kind: Mode, model_dir: str | Path, inputs: dict, *, resume: bool 
     sampler = PatchSampler(data.pairs, t.patch_size, **options)
     if kind.sampler is not None:
         sampler = kind.sampler(sampler, config)
-    return fit(sampler, config, model_dir, resume=resume, record=record, **run)
+    model = fit(sampler, config, model_dir, resume=resume, record=record, **run)
+    if kind.finish is not None:
+        kind.finish(model, data)
+    return model
 
 
 def settle(config: Config, pairs: list[ImagePair]) -> None:
