@@ -75,8 +75,8 @@ class N2VConfig:
             b = self.blend
             ok = isinstance(b, dict) and numbers(b.get("camera"), 3) and numbers(b.get("centres"), ascending=True)
             ok = ok and numbers(b.get("weights"), len(b["centres"]), 0.0, 1.0) and len(b["centres"]) > 0
-            require(ok, "n2v.blend must hold camera [a, b, floor], increasing centres and one weight in [0, 1] per centre; "
-                        "train the model again")  # fmt: skip
+            require(ok, "n2v.blend must hold camera [a, b, floor], increasing centres and one weight in [0, 1] "
+                        "per centre; train the model again")  # fmt: skip
 
     def posterior_blend(self) -> Posterior | None:
         """The noisy pixel's share in the restoration, where training measured one and it is wanted."""
