@@ -3,6 +3,7 @@
     python scripts/pretrain.py --ndim 2                      # the 2D network (~15 min on 2 cores)
     python scripts/pretrain.py --ndim 3 --steps 3000         # the 3D network
     python scripts/pretrain.py --ndim 2 --residual --no-batch-norm --out /tmp/variant
+    python scripts/pretrain.py --ndim 2 --n2v --steps 2000   # Noise2Void's network (n2v-2d)
 
 A corpus of synthetic pairs (``carekit.data.corpus``: mixed structures, PSFs, backgrounds, 2 to 300
 photons, read noise) is generated from ``--seed``, and the network of carekit's denoising defaults
@@ -28,6 +29,7 @@ import carekit
 from carekit.config import Config
 from carekit.data import corpus
 from carekit.data.pairs import ImagePair
+from carekit.modes.n2v import N2V_NET
 from carekit.sampling import PatchSampler
 from carekit.trainer import Callback
 from carekit.training import fit
@@ -61,6 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--residual", action=argparse.BooleanOptionalAction, default=False)
     ap.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument(
+        "--n2v",
+        action="store_true",
+        help="Noise2Void's network (N2V2: blur pooling, no top skip, no residual) for its warm start",
+    )
     ap.add_argument("--learning-rate", type=float, default=4e-4)
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
@@ -70,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"corpus: {n_pairs} pairs of {SHAPES[a.ndim]} in {time.monotonic() - started:.0f} s", flush=True)
     axes = "ZYX" if a.ndim == 3 else "YX"
     net = {"kernel_size": 3, "residual": a.residual, "batch_norm": a.batch_norm}
+    if a.n2v:
+        net.update(N2V_NET)
     train = {"epochs": a.steps // 200, "steps_per_epoch": 200, "lr_schedule": "cosine", "seed": a.seed,
              "learning_rate": a.learning_rate, "init": "scratch"}  # fmt: skip
     config = Config(axes=axes, net=net, train=train)
@@ -81,10 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     tensors = {k: v.to(torch.float16) for k, v in model.net.state_dict().items() if v.is_floating_point()}
     tensors.update({k: v for k, v in model.net.state_dict().items() if not v.is_floating_point()})
     a.out.mkdir(parents=True, exist_ok=True)
-    name = f"denoise-{a.ndim}d" + ("-residual" if a.residual else "") + ("" if a.batch_norm else "-nobn")
+    family = "n2v" if a.n2v else "denoise"
+    name = f"{family}-{a.ndim}d" + ("-residual" if a.residual else "") + ("" if a.batch_norm else "-nobn")
     save_file(tensors, str(a.out / f"{name}.safetensors"))
     assert set(load_file(str(a.out / f"{name}.safetensors"))) == set(model.net.state_dict())
-    network = ("depth", "n_first", "kernel_size", "n_conv", "residual", "batch_norm")
+    network = ("depth", "n_first", "kernel_size", "n_conv", "residual", "batch_norm", "blur_pool", "top_skip")
     meta = {
         "network": {k: getattr(model.config.net, k) for k in network},
         "ndim": a.ndim,

@@ -194,7 +194,7 @@ def test_refuses_existing_output_mismatched_partial_and_other_modes(tmp_path):
     with pytest.raises(CarekitError, match=r"p\.zarr\.partial: an unfinished run with a different model, shape"):
         restore_chunked(tiny("YX", seed=5), image((40, 60)), tmp_path / "p.zarr", axes="YX", **F32)
     model.config.mode = "isotropic"
-    with pytest.raises(CarekitError, match="supports denoise and synthetic models, not isotropic"):
+    with pytest.raises(CarekitError, match="supports denoise, n2v, n2n and synthetic models, not isotropic"):
         restore_chunked(model, data, tmp_path / "q.zarr", axes="YX", **F32)
 
 

@@ -132,6 +132,27 @@ def test_export_errors(model2d, tmp_path, capsys):
     assert not (tmp_path / "o.tif").exists()
 
 
+def test_n2v_package_with_a_network_per_channel_passes_and_reproduces_carekit(tmp_path):
+    """N2V2's network (blur pooling, no top skip), one per channel, traced and exported to ONNX."""
+    from bioimageio.core import test_model
+
+    from carekit.modes.n2v import train_n2v
+    from carekit.package import Package
+
+    clean = np.stack([blobs((64, 64), seed=5), blobs((64, 64), seed=6)])
+    model = train_n2v(noisy(clean), "CYX", tmp_path / "n2v", independent_channels=True, epochs=1, steps_per_epoch=3,
+                      patch_size=(32, 32), progress=False, **TINY)  # fmt: skip
+    out = export(model, tmp_path / "n2v.zip", author="Test Author")
+    assert test_model(out).status == "passed"
+    rdf = yaml.safe_load(zipfile.ZipFile(out).read("rdf.yaml"))
+    assert rdf["cite"][0]["doi"] == "10.1109/CVPR.2019.00223"
+    fresh = noisy(np.stack([blobs((75, 90), seed=7), blobs((75, 90), seed=8)]), seed=9)
+    restored, axes = Package(out).predict(fresh, "CYX")
+    assert axes == "CYX"
+    model.config.n2v.posterior = False  # a package holds the network's estimate, without the noisy pixel's share
+    assert relative_error(restored, model.predict(fresh, "CYX", precision="float32")) < 1e-3
+
+
 def test_predict_array_runs_a_package(model2d, package2d):
     from carekit import app
 

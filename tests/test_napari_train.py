@@ -140,3 +140,13 @@ def test_every_registered_mode_has_its_form(widget, monkeypatch):
     w.folder.setText("m")
     keywords = w.keywords()
     assert keywords["ratio"] == 0.25 and keywords["mode"] == "later" and keywords["input"].shape == (96, 96)
+
+
+def test_noise2void_settings_are_fields_and_a_switch_off_is_a_tick(widget):
+    widget.mode.setCurrentIndex(widget.mode.findData("n2v"))
+    assert isinstance(widget.inputs["input"], forms.SourceField)
+    assert {"struct_mask", "masked_fraction", "replacement", "window", "posterior"} <= set(widget.options)
+    switch = widget.options["posterior"]
+    assert isinstance(switch, forms.FlagField) and switch.value() is None
+    switch.setChecked(True)
+    assert switch.value() is False  # ticking "leave out" turns the noisy pixel's share off

@@ -51,7 +51,17 @@ def test_a_matching_network_starts_from_the_shipped_weights(shipped):
             torch.testing.assert_close(value, shipped[key].half().float(), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("change", [{"n_first": 16}, {"batch_norm": False}, {"kernel_size": 5}, {"depth": 3}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"n_first": 16},
+        {"batch_norm": False},
+        {"kernel_size": 5},
+        {"depth": 3},
+        {"blur_pool": True},
+        {"top_skip": False},
+    ],
+)
 def test_other_networks_start_from_scratch(shipped, change):
     care = model(**change)
     before = {k: v.clone() for k, v in care.net.state_dict().items()}
@@ -88,3 +98,16 @@ def test_training_records_how_it_started(shipped, tmp_path):
     assert warm.config.train.init == "pretrained" and cold.config.train.init == "scratch"
     saved = json.loads((tmp_path / "warm" / "config.json").read_text())
     assert saved["train"]["init"] == "pretrained"
+
+
+def test_every_default_network_with_a_family_finds_its_shipped_weights(tmp_path):
+    """The networks carekit ships match the defaults of the modes that start from them."""
+    from carekit.modes.n2v import N2VConfig
+
+    pretrained.catalogue.cache_clear()
+    names = {e["name"] for e in pretrained.catalogue()}
+    assert {"denoise-2d", "n2v-2d"} <= names
+    n2v = CARE(Config(axes="YX", mode="n2v", n2v=N2VConfig()))
+    assert (n2v.config.net.blur_pool, n2v.config.net.top_skip) == (True, False)
+    assert pretrained.matching(n2v, "n2v")["name"] == "n2v-2d"
+    assert pretrained.matching(n2v, "denoise") is None  # max pooling and a top skip: not this network

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from carekit.nets.unet import UNet, count_parameters, fold_batch_norm, max_pool
+from carekit.nets.unet import UNet, blur_pool, build_unet, count_parameters, fold_batch_norm, max_pool
 
 
 def test_reference_2d_network_has_the_reference_size():
@@ -16,10 +16,11 @@ def test_residual_only_when_channels_match():
     assert UNet(2, 1, 1).residual and not UNet(2, 2, 1).residual
 
 
-@pytest.mark.parametrize(("ndim", "kernel", "depth"), [(2, 5, 2), (2, 3, 3), (3, 3, 2)])
-def test_halo_covers_the_receptive_field(ndim, kernel, depth):
+@pytest.mark.parametrize(("ndim", "kernel", "depth", "n2v2"), [(2, 5, 2, False), (2, 3, 3, False), (3, 3, 2, False),
+                                                         (2, 3, 2, True), (3, 3, 2, True)])  # fmt: skip
+def test_halo_covers_the_receptive_field(ndim, kernel, depth, n2v2):
     torch.manual_seed(0)
-    net = UNet(ndim, 1, 1, depth=depth, n_first=8, kernel_size=kernel).double()
+    net = UNet(ndim, 1, 1, depth=depth, n_first=8, kernel_size=kernel, blur_pool=n2v2, top_skip=not n2v2).double()
     size = 2 * net.halo()[0] + 2 * net.divisor()[0] + 8
     # the kernel is the same along every axis, so the first axis alone is measured in 3D (faster)
     shape = (1, 1, size, size) if ndim == 2 else (1, 1, size, 16, 16)
@@ -72,12 +73,15 @@ def outputs_and_gradients(net: UNet, x: torch.Tensor, phase: bool) -> list[torch
 
 
 @pytest.mark.parametrize(
-    ("ndim", "kernel", "pool", "batch_norm"),
-    [(2, 3, None, True), (2, 5, None, False), (2, 7, None, False), (3, 3, None, False), (3, 3, (1, 2, 2), True)],
-)
-def test_phase_upsampling_equals_upsample_then_concat(ndim, kernel, pool, batch_norm):
+    ("ndim", "kernel", "pool", "batch_norm", "n2v2"),
+    [(2, 3, None, True, False), (2, 5, None, False, False), (2, 7, None, False, False), (3, 3, None, False, False),
+     (3, 3, (1, 2, 2), True, False), (2, 3, None, True, True), (2, 5, None, False, True),
+     (3, 3, (1, 2, 2), True, True)],
+)  # fmt: skip
+def test_phase_upsampling_equals_upsample_then_concat(ndim, kernel, pool, batch_norm, n2v2):
     torch.manual_seed(0)
-    net = UNet(ndim, 2, 1, n_first=4, kernel_size=kernel, pool=pool, batch_norm=batch_norm, residual=False).double()
+    net = UNet(ndim, 2, 1, n_first=4, kernel_size=kernel, pool=pool, batch_norm=batch_norm, residual=False,
+               blur_pool=n2v2, top_skip=not n2v2).double()  # fmt: skip
     assert net.phase_plans is not None
     shape = (2, 2, 12, 20) if ndim == 2 else (2, 2, 8, 12, 16)
     x = torch.randn(shape, dtype=torch.float64)
@@ -87,9 +91,10 @@ def test_phase_upsampling_equals_upsample_then_concat(ndim, kernel, pool, batch_
         assert torch.allclose(want, got, rtol=1e-9, atol=1e-9 * want.abs().max().item())
 
 
-def test_traced_network_reproduces_the_phase_network():
+@pytest.mark.parametrize("n2v2", [False, True])
+def test_traced_network_reproduces_the_phase_network(n2v2):
     torch.manual_seed(0)
-    net = UNet(2, 1, 1, n_first=4, kernel_size=3, batch_norm=False).eval()
+    net = UNet(2, 1, 1, n_first=4, kernel_size=3, batch_norm=False, blur_pool=n2v2, top_skip=not n2v2).eval()
     assert net.phase_upsampling
     x = torch.randn(1, 1, 32, 48)
     with torch.no_grad():
@@ -129,3 +134,31 @@ def test_max_pool_without_gradients_equals_the_pooling_kernel(shape, pool):
     kernel = torch.nn.functional.max_pool2d if len(pool) == 2 else torch.nn.functional.max_pool3d
     with torch.no_grad():
         assert torch.equal(max_pool(x, pool), kernel(x, pool))  # odd sizes drop the last row, like the kernel
+
+
+def test_blur_pool_is_a_blurred_running_maximum():
+    x = torch.tensor([0.0, 1.0, 5.0, 2.0, 3.0, 3.0, 0.0, 4.0]).reshape(1, 1, 1, 8)
+    # maxima of neighbours: 1 5 5 3 3 3 4 4; [1, 2, 1] / 4 at 0, 2, 4, 6 (edges repeated)
+    want = torch.tensor([(1 + 2 * 1 + 5) / 4, (5 + 2 * 5 + 3) / 4, (3 + 2 * 3 + 3) / 4, (3 + 2 * 4 + 4) / 4])
+    torch.testing.assert_close(blur_pool(x, (1, 2))[0, 0, 0], want)
+    shifted = torch.roll(x, 1, dims=-1)  # a one-pixel shift moves blur pooling less than max pooling
+    blur = (blur_pool(shifted, (1, 2)) - blur_pool(x, (1, 2))).abs().sum()
+    plain = (max_pool(shifted, (1, 2)) - max_pool(x, (1, 2))).abs().sum()
+    assert blur < plain
+
+
+def test_network_per_channel_keeps_channels_apart():
+    torch.manual_seed(0)
+    net = build_unet(2, 2, 2, independent_channels=True, n_first=4, kernel_size=3, probabilistic=True)
+    x = torch.randn(1, 2, 16, 16)
+    with torch.no_grad():
+        y = net(x)
+        x2 = x.clone()
+        x2[:, 1] += 10  # changing channel 1 leaves channel 0's mean and scale alone
+        y2 = net(x2)
+    assert y.shape == (1, 4, 16, 16)  # means, then scales
+    torch.testing.assert_close(y2[:, [0, 2]], y[:, [0, 2]])
+    assert not torch.allclose(y2[:, [1, 3]], y[:, [1, 3]])
+    assert net.halo() == UNet(2, 1, 1, n_first=4, kernel_size=3).halo()
+    with pytest.raises(ValueError, match="each channel to itself"):
+        build_unet(2, 2, 1, independent_channels=True)

@@ -68,7 +68,7 @@ def memory_lines(jobs: list[Job], tools: list[str]) -> list[dict]:
     """
     rows: dict[str, dict[str, Job]] = {}
     for j in jobs:
-        rows.setdefault(f"quality, {j.row}" if j.workload == "quality" else j.row, {})[j.tool] = j
+        rows.setdefault(f"{j.workload}, {j.row}" if j.workload in ("quality", "n2v") else j.row, {})[j.tool] = j
     lines = [ratio_line(f"{r}: peak MB", per, tools, lambda j: value_of(j, "peak_rss_mb")) for r, per in rows.items()]
     gpu = [ratio_line(f"{r}: GPU peak MB", per, tools, lambda j: value_of(j, "gpu_peak_mb")) for r, per in rows.items()]
     return lines + [g for g in gpu if any(v is not None for v in g["values"].values())]
@@ -98,6 +98,8 @@ def quality_table(level: dict, tools: list[str]) -> str:
             gain = level.get(key, {}).get(p)
             if gain is not None:
                 rows.append([f"{label} − {p} (dB)", cell(gain), "", "", ""])
+    for label, gain in level.get("nlm_gain_db", {}).items():
+        rows.append([f"{label} − NLM (dB)", cell(gain), "", "", ""])
     gap = level.get("float32_gap_db")
     if gap is not None:
         rows.append(["carekit float32 − default (dB)", cell(gap, 3), "", "", ""])

@@ -34,7 +34,7 @@ from workloads import Job
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results"
-WORKLOADS = ("throughput", "predict", "quality", "memory")
+WORKLOADS = ("throughput", "predict", "quality", "memory", "n2v")
 TOOLS = ("carekit", "csbdeep", "careamics")
 JOB_TIMEOUT = 3600  # seconds; a hung worker is recorded as failed and the run goes on
 
@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma list of tools (default all)")
     ap.add_argument("--budget", type=float, default=240.0, help="training seconds per tool in the quality runs")
     ap.add_argument("--photons", default="10,100", help="peak photon levels of the quality data (comma list)")
+    ap.add_argument("--image", type=Path, help="n2v: a clean image (TIFF, 2D planes) to use instead of the demo stack")
     ap.add_argument("--carekit-budgets", default="30,45,60,90",
                     help="carekit also trains for these seconds: its time to reach each peer's quality")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="tiny sizes and a few steps (smoke test)")
@@ -111,6 +112,10 @@ def plan(a: argparse.Namespace, folder: Path) -> tuple[list[Job], list[workloads
     if "quality" in a.only:
         data = [workloads.quality_data(p, folder) for p in a.photons]
         jobs += workloads.quality_jobs(a.tools, data, a.budget, folder, () if a.quick else a.carekit_budgets)
+    if "n2v" in a.only:
+        n2v = [workloads.n2v_data(p, folder, a.image) for p in a.photons]
+        jobs += workloads.n2v_jobs(a.tools, n2v, a.budget, folder)
+        data += n2v
     return jobs, data
 
 
@@ -177,7 +182,7 @@ def render(summary: dict, tools: list[str]) -> str:
         parts += [report.tool_table(summary["memory"], tools)]
     for level in summary["quality"]:
         budget = summary["options"]["budget_s"]
-        parts += ["", f"## Quality, {level['photons']:g} photons peak, {budget:g} s of training each", ""]
+        parts += ["", f"## {level['title']}: {level['photons']:g} photons peak, {budget:g} s of training each", ""]
         parts += [report.quality_table(level, tools)]
     return "\n".join(parts) + "\n"
 

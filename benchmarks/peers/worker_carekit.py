@@ -14,6 +14,7 @@ from carekit.config import Config
 from carekit.data.pairs import ImagePair
 from carekit.engine import choose_engine
 from carekit.model import CARE
+from carekit.modes.n2v import train_n2v
 from carekit.sampling import PatchSampler
 from carekit.trainer import Trainer
 
@@ -84,9 +85,25 @@ def quality(job: dict) -> dict:
     return {"steps": steps, "engine": choose_engine("auto", "auto").describe()}
 
 
+def quality_n2v(job: dict) -> dict:
+    """Noise2Void (carekit's defaults: N2V2) on the noisy stack alone for the job's budget; restore the
+    test stack with the default and float32 paths and with test-time augmentation."""
+    train, test = np.load(job["train_low"]), np.load(job["test_low"])
+    with tempfile.TemporaryDirectory() as d:
+        model = train_n2v(train, "SYX", Path(d) / "m", time_budget=job["budget"], progress=False, **BUDGET_SETTINGS)
+        history = (Path(d) / "m" / "history.csv").read_text().splitlines()[1:]
+    steps = sum(int(row.split(",")[1]) for row in history)
+    outputs = {"default": model.predict(test, "SYX"), "float32": model.predict(test, "SYX", precision="float32")}
+    outputs["tta"] = model.predict(test, "SYX", tta=True)
+    for name, out in outputs.items():
+        np.save(job["outputs"][name], out.astype(np.float32))
+    return {"steps": steps, "engine": choose_engine("auto", "auto").describe()}
+
+
 def versions() -> dict:
     return {"carekit": carekit.__version__, "torch": torch.__version__}
 
 
 if __name__ == "__main__":
-    serve({"train_speed": train_speed, "predict": predict, "quality": quality, "idle": lambda job: {}}, versions)
+    tasks = {"train_speed": train_speed, "predict": predict, "quality": quality, "quality_n2v": quality_n2v}
+    serve({**tasks, "idle": lambda job: {}}, versions)

@@ -15,6 +15,7 @@ import numpy as np
 from carekit import demo
 
 KERNEL3_ONLY = {"careamics"}  # CAREamics' U-Net has 3x3 kernels only
+N2V_TOOLS = ("carekit", "careamics")  # CSBDeep has no Noise2Void
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,16 @@ def idle_jobs(tools: list[str]) -> list[Job]:
 
 @dataclass
 class QualityData:
-    """One photon level's data as ``.npy`` files, and the truth of its test region in memory."""
+    """One photon level's data as ``.npy`` files, and the truth of its test region in memory
+    (``train_high`` None: self-supervised training on ``train_low`` alone)."""
 
     photons: float
     train_low: Path
-    train_high: Path
+    train_high: Path | None
     test_low: Path
     test_truth: np.ndarray
     test_noisy: np.ndarray
+    title: str = "CARE from pairs"
 
 
 def quality_data(photons: float, folder: Path) -> QualityData:
@@ -126,6 +129,49 @@ def quality_jobs(tools: list[str], data: list[QualityData], budget: float, folde
     return jobs
 
 
+def noisy_images(photons: float, image: Path | None) -> tuple[np.ndarray, np.ndarray, tuple, str]:
+    """Truth, noisy stack (``SYX``), test region and a name: the demo's data and test region, or an
+    image of the user's (its 2D planes, scored whole) under the demo's camera."""
+    if image is None:
+        truth, noisy = demo.make_data(photons=photons)
+        return truth, noisy, (demo.TEST_SLICES, demo.TEST_ROWS), "demo stack"
+    import tifffile
+
+    from carekit.data.camera import poisson_gaussian, to_photons
+
+    truth = np.asarray(tifffile.imread(image), np.float32)
+    truth = truth.reshape(-1, *truth.shape[-2:])
+    photons_image = to_photons(truth, photons)
+    noisy = poisson_gaussian(photons_image, np.random.default_rng(demo.SEED), read_sigma=demo.READ_NOISE)
+    return truth, noisy, (slice(None),), Path(image).name
+
+
+def n2v_data(photons: float, folder: Path, image: Path | None = None) -> QualityData:
+    """Noise2Void's data at one photon level: the whole noisy stack to train on (no clean image), and
+    the test region to restore (the CARE rows' on the demo stack; the whole of a user's image)."""
+    truth, noisy, test, name = noisy_images(photons, image)
+    tag = f"n2v-p{photons:g}-{name.split('.')[0].replace(' ', '-')}"
+    files = {"train_low": folder / f"{tag}-train.npy", "test_low": folder / f"{tag}-test.npy"}
+    np.save(files["train_low"], noisy.astype(np.float32))
+    np.save(files["test_low"], noisy[test].astype(np.float32))
+    title = f"Noise2Void on the noisy {name} alone (no clean image), {noisy.shape[0]} x {shape_text(noisy.shape[1:])}"
+    return QualityData(photons, train_high=None, test_truth=truth[test], test_noisy=noisy[test], title=title,
+                       **files)  # fmt: skip
+
+
+def n2v_jobs(tools: list[str], data: list[QualityData], budget: float, folder: Path) -> list[Job]:
+    """One Noise2Void (N2V2) training run per tool that has one and photon level, ``budget`` seconds each."""
+    jobs = []
+    for d in data:
+        for t in (t for t in tools if t in N2V_TOOLS):
+            names = ("default", "float32", "tta") if t == "carekit" else ("default",)
+            outputs = {n: str(folder / f"{d.test_low.stem}-{t}-{n}.npy") for n in names}
+            spec = {"task": "quality_n2v", "budget": budget, "outputs": outputs, "label": t,
+                    "train_low": str(d.train_low), "test_low": str(d.test_low)}  # fmt: skip
+            jobs.append(Job("n2v", f"{d.photons:g} photons", t, spec))
+    return jobs
+
+
 def score_level(data: QualityData, jobs: list[Job]) -> dict:
     """The paper's per-slice evaluation of the input, tuned NLM and every tool's restoration."""
     from carekit.baselines import tuned_nlm
@@ -149,11 +195,14 @@ def score_level(data: QualityData, jobs: list[Job]) -> dict:
         return {p: psnr[label] - psnr[p] for p in ("csbdeep", "careamics") if psnr.get(p) and psnr.get(label)}
 
     gap = psnr["carekit float32"] - psnr["carekit"] if psnr.get("carekit float32") and psnr.get("carekit") else None
+    nlm = psnr["NLM (tuned on truth)"]
     budgets = sorted((j.spec["budget"], psnr.get(j.spec["label"])) for j in jobs if j.tool == "carekit")
     reach = {p: next((b for b, v in budgets if v is not None and v >= psnr[p]), None)
              for p in ("csbdeep", "careamics") if psnr.get(p) is not None}  # fmt: skip
     return {
+        "title": data.title,
         "photons": data.photons,
+        "nlm_gain_db": {k: psnr[k] - nlm for k in ("carekit", "carekit tta") if psnr.get(k)},
         "nlm_parameters": nlm_params,
         "scores": scores,
         "gain_db": over_peers("carekit"),

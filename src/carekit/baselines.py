@@ -83,6 +83,8 @@ def describe_margin(report: dict | None) -> tuple[str, str | None]:
     """A phrase for the summary and, where the network loses, a warning with advice."""
     if not report:
         return "", None
+    if "skipped" in report:
+        return f"no margin over simple filters: {report['skipped']}", None
     best = report["best_classical"]
     params = ", ".join(f"{k} {v:g}" for k, v in best["params"].items())
     margin = f"{report['margin_db']:+.2f} dB"

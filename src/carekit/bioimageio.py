@@ -61,9 +61,9 @@ def packaged_net(model: CARE) -> PackagedNet:
 
 def architecture_source() -> str:
     """``unet.py`` and ``packaged.py`` as one torch-only file, importable without carekit."""
-    body = inspect.getsource(packaged).split("from carekit.nets.unet import UNet\n", 1)
+    body = inspect.getsource(packaged).split("from carekit.nets.unet import build_unet\n", 1)
     if len(body) != 2:
-        raise RuntimeError("packaged.py no longer imports UNet as expected")
+        raise RuntimeError("packaged.py no longer imports build_unet as expected")
     tail = body[1]
     return inspect.getsource(unet) + "\n\n# --- normalisation wrapper ---\n" + tail
 
@@ -126,12 +126,19 @@ def cover(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     plt.close(fig)
 
 
+def references(model: CARE) -> tuple[tuple[str, str], ...]:
+    """``(reference, DOI)`` of the model's method: its mode's, else CARE's."""
+    cite = model.kind.cite
+    return cite(model.config) if cite is not None else ((CARE_CITATION, CARE_DOI),)
+
+
 def readme(model: CARE, name: str) -> str:
     c = model.config
     outputs = "mean and Laplace scale" if c.net.probabilistic else "the restored image"
+    cite = "\n".join(f"{text} https://doi.org/{doi}" for text, doi in references(model))
     return f"""# {name}
 
-A CARE network (Weigert et al. 2018) trained with carekit {__version__}.
+A restoration network ({model.kind.summary}) trained with carekit {__version__}.
 
 {model.summary()}
 
@@ -148,7 +155,7 @@ consumer that tiles normalises each tile on its own, so use large tiles.
 Mode {c.mode}, axes {c.axes}, loss {c.train.loss}, patch size {list(c.train.patch_size or [])}.
 
 ## Cite
-{CARE_CITATION} https://doi.org/{CARE_DOI}
+{cite}
 """
 
 
@@ -290,11 +297,11 @@ def describe(model, net, files, minimum, halo, name, author, license, y):
         name=name,
         description=f"CARE {c.mode} network ({c.ndim}D), trained with carekit {__version__}",
         authors=[bio.Author(name=author)],
-        cite=[bio.CiteEntry(text=CARE_CITATION, doi=bio.Doi(CARE_DOI))],
+        cite=[bio.CiteEntry(text=text, doi=bio.Doi(doi)) for text, doi in references(model)],
         license=license,
         documentation=bio.FileDescr(source=files["readme"]),
         covers=[bio.FileDescr(source=files["cover"])],
-        tags=["care", "denoising", "restoration", "fluorescence-light-microscopy", f"{c.ndim}d", "carekit"],
+        tags=["care", "denoising", "restoration", "fluorescence-light-microscopy", f"{c.ndim}d", "carekit", c.mode],
         inputs=inputs,
         outputs=outputs,
         weights=weights,

@@ -131,7 +131,8 @@ def compute_block(job: Job, block: Block) -> np.ndarray:
     lo, hi = np.asarray(block.lo, np.float32).reshape(shape), np.asarray(block.hi, np.float32).reshape(shape)
     y = model.run_net(normalize(x, lo, hi), model.engine(job.device, job.precision), memory=job.memory)
     crop = tuple(slice(a - int(m[0]), b - int(m[0])) for (a, b), m in zip(block.core, maps, strict=True))
-    restored = model.to_intensities(y[(slice(None), slice(None), *crop)], lo, hi)[0][0]
+    core = (slice(None), slice(None), *crop)
+    restored = model.to_intensities(y[core], lo, hi, x[core])[0][0]
     check_result(restored, f"block {block.name}")
     return restored
 

@@ -36,6 +36,10 @@ EXAMPLES = {  # each command's --help ends with its examples
   carekit train --mode upsampling --input fine_stack.tif --axes ZYX --factor 4 --model up
   carekit train --mode projection --low stacks/ --high projections/ --axes ZYX --model wing
   carekit train --mode synthetic --recipe tubules.json --model tubules --time-budget 1800
+  carekit train --mode n2v --input noisy/ --axes TYX --model n2v       (no clean images: Noise2Void, N2V2)
+  carekit train --mode n2v --input scan.tif --axes YX --struct-mask x:4 --model sn2v   (line noise along x)
+  carekit train --mode n2n --low take1/ --high take2/ --axes ZYX --model n2n   (two noisy acquisitions)
+  carekit train --mode n2n --input static_movie.tif --axes TYX --model n2n     (adjacent frames pair up)
 """,
     "synth": "  carekit synth --recipe tubules.json --n 8 --out synthetic-pairs\n",
     "predict": """\
@@ -56,6 +60,7 @@ EXAMPLES = {  # each command's --help ends with its examples
   carekit demo
   carekit demo --output demo-output --time-budget 60
   carekit demo --mode isotropic --output demo-isotropic
+  carekit demo --mode n2v --output demo-n2v
 """,
     "info": """\
   carekit info --model models/nuclei
@@ -127,18 +132,18 @@ def add_config_flags(p: argparse.ArgumentParser) -> list[str]:
 
 
 def add_mode_options(p: argparse.ArgumentParser) -> None:
-    """Every registered mode's options, each once, its help naming the modes that take it."""
-    seen: dict[str, list[str]] = {}
+    """Every registered mode's options, each once (as the first mode declares it), its help naming
+    the modes that take it (with each mode's own help where they differ)."""
+    helps: dict[str, dict[str, list[str]]] = {}
+    first = {}
     for kind in MODES.values():
         for option in kind.options:
-            seen.setdefault(option.flag, []).append(kind.name)
-    done = set()
-    for kind in MODES.values():
-        for option in kind.options:
-            if option.flag not in done:
-                done.add(option.flag)
-                kwargs = {**option.kwargs, **({"type": number} if option.kwargs.get("type") is float else {})}
-                p.add_argument(option.flag, help=f"{'/'.join(seen[option.flag])}: {option.help}", **kwargs)
+            helps.setdefault(option.flag, {}).setdefault(option.help, []).append(kind.name)
+            first.setdefault(option.flag, option)
+    for flag, option in first.items():
+        text = "; ".join(f"{'/'.join(names)}: {help}" for help, names in helps[flag].items())
+        kwargs = {**option.kwargs, **({"type": number} if option.kwargs.get("type") is float else {})}
+        p.add_argument(flag, help=text, **kwargs)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -230,7 +235,7 @@ def parser() -> argparse.ArgumentParser:
     add_engine_options(i)
 
     d = command("demo", "train and restore on the shipped sample")
-    d.add_argument("--mode", default="denoise", choices=["denoise", "isotropic"], help="which demo (default denoise)")
+    d.add_argument("--mode", default="denoise", choices=list(demo.DEMOS), help="which demo (default denoise)")
     d.add_argument("--output", default="demo-output", metavar="DIR", help="folder for results (default demo-output)")
     d.add_argument("--time-budget", type=number, default=None, metavar="SECONDS", help="training time (default 120)")
     add_engine_options(d)

@@ -80,6 +80,10 @@ def converted_to(value: Any, kind: Any) -> tuple[bool, Any]:
     if origin is tuple:
         ok = isinstance(value, (list, tuple)) and all(converted_to(v, int)[0] for v in value)
         return ok, tuple(value) if ok else value
+    if origin is list:  # list[X]: every item an X (nested lists for masks)
+        items = [converted_to(v, typing.get_args(kind)[0]) for v in value] if isinstance(value, list) else None
+        ok = items is not None and all(good for good, _ in items)
+        return ok, [v for _, v in items] if ok else value
     if kind is dict or origin is dict:
         return isinstance(value, dict), value
     if is_dataclass(kind):
@@ -94,6 +98,9 @@ def type_name(kind: Any) -> str:
         return names[kind]
     if typing.get_origin(kind) is tuple:
         return "a list of integers"
+    if typing.get_origin(kind) is list:
+        item = type_name(typing.get_args(kind)[0]).removeprefix("an ").removeprefix("a ")
+        return f"a list of {'lists' + item.removeprefix('list') if item.startswith('list') else item + 's'}"
     return "an object"
 
 
@@ -136,6 +143,10 @@ RESIDUAL_FROM_DB = 21.0
 # the residual, so they keep the jitter.
 
 
+# Max pooling and every skip connection, unless a mode's defaults say otherwise (N2V2 does).
+PLAIN_POOLING = {"blur_pool": False, "top_skip": True}
+
+
 def reference_net(ndim: int) -> dict[str, Any]:
     """The CARE paper's network settings: kernel 5 in 2D and 3 in 3D, residual, no batch norm."""
     return {"kernel_size": 5 if ndim == 2 else 3, "batch_norm": False, "residual": True}
@@ -150,7 +161,9 @@ class NetConfig:
     other modes default to kernel 3 with batch normalisation and the residual (``RESTORE_NET``),
     probabilistic models to the CARE paper's network (``reference_net``). ``residual`` adds the
     input back only when channel counts match. ``probabilistic`` adds a Laplace scale head
-    (trained by negative log-likelihood).
+    (trained by negative log-likelihood). ``blur_pool`` and ``top_skip`` left None take the mode's
+    default, else max pooling and the top skip connection (N2V2 turns both: blur pooling, no top
+    skip). ``independent_channels`` restores each channel with a network of its own.
     """
 
     depth: int = 2
@@ -160,11 +173,14 @@ class NetConfig:
     residual: bool | None = None
     batch_norm: bool | None = None
     probabilistic: bool = False
+    blur_pool: bool | None = None
+    top_skip: bool | None = None
+    independent_channels: bool = False
 
     def resolved(self, ndim: int, mode_defaults: dict[str, Any] = RESTORE_NET) -> NetConfig:
         """The mode's defaults filled in where a setting is None (a mode that leaves the residual and
         batch normalisation open has them settled by ``settled``)."""
-        defaults = reference_net(ndim) if self.probabilistic else mode_defaults
+        defaults = {**PLAIN_POOLING, **(reference_net(ndim) if self.probabilistic else mode_defaults)}
         chosen = {k: v if (v := getattr(self, k)) is not None else d for k, d in defaults.items()}
         out = replace(self, **chosen)
         out.validate()
@@ -287,6 +303,9 @@ FIELD_HELP = {
     "depth": "pooling steps of the U-Net (default 2)",
     "n_first": "features of the first level (default 32)",
     "probabilistic": "predict a Laplace distribution per pixel",
+    "blur_pool": "blur pooling instead of max pooling (n2v default: on, against checkerboard artefacts)",
+    "top_skip": "the top level's skip connection (n2v default: off, against checkerboard artefacts)",
+    "independent_channels": "one network per channel instead of one for all channels jointly",
     "patch_size": "e.g. 64,64 (2D) or 16,64,64 (3D)",
     "ema": "save a running average of the weights, this decay per step (0: off)",
     "intensity_jitter": "normalise patches with random percentiles (default: with the residual, else 2 and 99.8)",
@@ -312,6 +331,7 @@ class Config:
     axial: Any = None
     projection: Any = None
     synthetic: dict[str, Any] | None = None
+    n2v: Any = None
     calibration: dict[str, Any] | None = None
     baseline: dict[str, Any] | None = None  # the network against the best simple filter (carekit.margin)
 
@@ -334,6 +354,9 @@ class Config:
         require(all(1 <= c <= MAX_CHANNELS for c in channels), f"channels must be 1..{MAX_CHANNELS}, got {channels}")
         check_intensity_map(self.intensity_map, self.n_channel_out)
         check_calibration(self.calibration)
+        require(not self.net.independent_channels or self.n_channel_in == self.n_channel_out,
+                f"independent channels restore each channel by itself, but the model maps {self.n_channel_in} "
+                f"to {self.n_channel_out} channel(s); train without --independent-channels")  # fmt: skip
         if kind.check is not None:
             kind.check(self)
         self.net = self.net.resolved(self.ndim, kind.net_defaults or RESTORE_NET)

@@ -5,7 +5,8 @@ restoration of the same patches: a Gaussian filter and non-local means, each wit
 that score best against the validation targets (for a projection model, applied to the stack's
 maximum and mean projections). The margin, in dB of the paper's PSNR, goes into the model's
 ``config.json`` (``baseline``), its summary and ``carekit info``; a model that does not beat the
-filter is flagged with advice. Self-supervised training has no clean targets, so no margin.
+filter is flagged with advice. Training without clean targets (Noise2Noise's other acquisition,
+Noise2Void's input itself) has no truth to score against: the report says so instead of a margin.
 """
 
 from __future__ import annotations
@@ -16,9 +17,16 @@ import torch
 from carekit.baselines import best_filter, mean_psnr
 from carekit.io import write_json
 from carekit.model import CONFIG
+from carekit.registry import mode_of
 from carekit.trainer import Callback, Trainer
 
 MAX_PATCHES = 16  # validation patches scored (spread over the set); NLM makes more slow
+# why modes without clean targets have no margin: scored against noise, the best "filter" is the one
+# that keeps the noise (for Noise2Void's targets, the very noise of the input)
+NO_TRUTH = {
+    "noisy": "trained without clean targets (its validation targets are noisy acquisitions)",
+    "input": "trained without clean targets (its validation targets are the noisy inputs themselves)",
+}
 
 
 def network_output(trainer: Trainer, x: np.ndarray) -> np.ndarray:
@@ -37,7 +45,11 @@ def planes(a: np.ndarray) -> np.ndarray:
 
 
 def measure(trainer: Trainer) -> dict | None:
-    """The network's and the best simple filter's PSNR on the validation patches, and the margin."""
+    """The network's and the best simple filter's PSNR on the validation patches, and the margin
+    (or, for a mode without clean targets, why there is none)."""
+    targets = mode_of(trainer.config.mode).targets
+    if targets in NO_TRUTH:
+        return {"skipped": NO_TRUTH[targets]}
     val = trainer.val
     if val is None or len(val) < 2 or val[1] is None:
         return None

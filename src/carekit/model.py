@@ -24,7 +24,7 @@ from carekit.engine import Engine, Probe, choose_engine
 from carekit.errors import CarekitError
 from carekit.io import check_finite, check_result, read_json, write_atomic, write_json
 from carekit.nets import packaged
-from carekit.nets.unet import UNet, count_parameters, fold_batch_norm
+from carekit.nets.unet import UNet, build_unet, count_parameters, fold_batch_norm
 from carekit.normalize import PREDICT_PERCENTILES, IntensityMap, normalize, percentiles
 from carekit.registry import Mode, mode_of, supporting
 from carekit.tiling import Progress, predict_tiled
@@ -48,6 +48,9 @@ def unet_settings(config: Config) -> dict:
         "residual": n.residual,
         "batch_norm": n.batch_norm,
         "probabilistic": n.probabilistic,
+        "blur_pool": n.blur_pool,
+        "top_skip": n.top_skip,
+        "independent_channels": n.independent_channels,
     }
 
 
@@ -56,7 +59,7 @@ def build_net(config: Config) -> torch.nn.Module:
     build = mode_of(config.mode).net
     if build is not None:
         return build(config)
-    return UNet(config.ndim, config.n_channel_in, config.n_channel_out, **unet_settings(config))
+    return build_unet(config.ndim, config.n_channel_in, config.n_channel_out, **unet_settings(config))
 
 
 def state_dict_cpu(net: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -123,6 +126,8 @@ class CARE:
         return (
             f"CARE {c.mode} model, {c.ndim}D U-Net: depth {n.depth}, {n.n_first} first features, "
             f"kernel {n.kernel_size}, {'batch norm, ' if n.batch_norm else ''}"
+            f"{'blur pooling, ' if n.blur_pool else ''}{'' if n.top_skip else 'no top skip, '}"
+            f"{'one network per channel, ' if n.independent_channels and c.n_channel_in > 1 else ''}"
             f"{'residual' if self.net.residual else 'no residual'}, "
             f"{c.n_channel_in} -> {c.n_channel_out} channel(s); {count_parameters(self.net):,} parameters; "
             f"receptive-field halo {self.net.halo()} px; trained on axes {c.axes}"
@@ -232,7 +237,7 @@ class CARE:
         with threads.scope(window=3, shared_cores=True):  # every core, tuned batch by batch
             y = self.network_pass(x, lo, hi, Run(engine, n_tiles, memory, progress, tta), **options)
         lo, hi = (v.reshape(*v.shape[:2], *(1,) * (y.ndim - 2)) for v in (lo, hi))
-        mean, scale = self.to_intensities(y, lo, hi)
+        mean, scale = self.to_intensities(y, lo, hi, x)
         check_result(y, "prediction")  # mean and scale are views of y
         spatial = self.result_spatial or layout.spatial
         c = mean.shape[1] + (0 if scale is None else scale.shape[1])
@@ -280,9 +285,12 @@ class CARE:
         return predict_tiled(forward or self.inference_net, x, engine, grid=self.net.divisor(), halo=self.net.halo(),
                              bytes_per_voxel=per_voxel, n_tiles=n_tiles, memory=memory, progress=progress)  # fmt: skip
 
-    def to_intensities(self, y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def to_intensities(self, y: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                       x: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
         """Mean and scale of network output ``y`` in the target's intensity units, in place (views of ``y``).
 
+        ``x``, the raw input of the same pixels where there is one, serves modes whose result
+        also reads it (Noise2Void's blend).
         ``lo``/``hi`` are the input's percentiles; the mean is de-normalised with the target
         percentiles they map to, and the scale multiplied by the same span.
         """

@@ -4,8 +4,10 @@
 ``scripts/pretrain.py`` on a broad synthetic corpus (``carekit.data.corpus``) across noise levels;
 the JSON beside each records its network, corpus and training. A new model of a mode that declares
 ``warm_start`` starts from the one whose network matches its own (dimensions, depth, features,
-kernel, convolutions, batch normalisation, residual: a network trained to output the clean image
-would start badly as one that adds a correction to its input). Other
+kernel, convolutions, batch normalisation, residual, pooling and top skip: a network trained to
+output the clean image would start badly as one that adds a correction to its input).
+``n2v-2d*`` networks have Noise2Void's architecture (N2V2: blur pooling, no top skip) and were
+pre-trained on the same corpus with clean targets; blind-spot training fine-tunes them. Other
 channel counts are adapted: the first layer reads the mean of the input channels, the last one
 writes the same restoration to every output channel, and fine-tuning separates them. A Laplace
 scale head starts from random weights. Where nothing matches, training starts from scratch, as
@@ -22,11 +24,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from carekit.config import PLAIN_POOLING
 from carekit.model import CARE
 from carekit.nets.unet import UNet
 from carekit.registry import mode_of
 
-SIGNATURE = ("depth", "n_first", "kernel_size", "n_conv", "batch_norm", "residual")
+SIGNATURE = ("depth", "n_first", "kernel_size", "n_conv", "batch_norm", "residual", "blur_pool", "top_skip")
+UNRECORDED = PLAIN_POOLING  # what a description that does not record the pooling fields means
 
 
 def folder() -> Path:
@@ -58,7 +62,7 @@ def matching(care: CARE, family: str) -> dict | None:
     wanted = {k: getattr(n, k) for k in SIGNATURE}
     for entry in catalogue():
         named = entry["name"].split(".")[0].startswith(f"{family}-{net.ndim}d")
-        if named and {k: entry["network"][k] for k in SIGNATURE} == wanted:
+        if named and {k: entry["network"].get(k, UNRECORDED.get(k)) for k in SIGNATURE} == wanted:
             return entry
     return None
 

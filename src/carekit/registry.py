@@ -17,6 +17,7 @@ from carekit.errors import CarekitError
 # export, test-time augmentation, probabilistic (uncertainty) networks, a z factor given at
 # prediction, a height map beside the restoration
 FEATURES = ("tiling", "out_of_core", "export", "tta", "uncertainty", "factor", "height_map")
+TARGETS = ("clean", "noisy", "input")  # what a mode's training targets are (Mode.targets)
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,24 @@ class Mode:
     check: Callable[[Any], None] | None = None  # its requirements on a Config (axes), raising CarekitError
     net: Callable[[Any], Any] | None = None  # its network for a Config; default the U-Net of config.net
     net_defaults: dict | None = None  # network settings where the configuration leaves them open
+    train_defaults: dict | None = None  # training settings where the user gives none (e.g. its loss)
     sampler_options: dict | None = None  # keywords of its patch sampler (e.g. no rotations)
+    sampler: Callable[[Any, Any], Any] | None = None  # (patch sampler, Config) -> the Sampler training draws from
+    cite: Callable[[Any], tuple] | None = None  # Config -> ((reference, DOI), ...) of its method; default CARE's
     options: tuple[Option, ...] = ()  # its options of 'carekit train'
     supports: frozenset[str] = frozenset({"tiling", "uncertainty"})  # which FEATURES
+    finish: Callable[[Any, TrainingData], None] | None = None  # (trained model, its data): measured after training
     warm_start: str | None = None  # the shipped pretrained network family it starts from (carekit.pretrained)
+    # what it trains towards: "clean" images, "noisy" ones (independent noise, as Noise2Noise's) or
+    # "input", the noisy input itself (blind-spot training, as Noise2Void's)
+    targets: str = "clean"
 
     def __post_init__(self) -> None:
         unknown = set(self.supports) - set(FEATURES)
         if unknown:
             raise ValueError(f"mode {self.name}: unknown features {sorted(unknown)}; use {', '.join(FEATURES)}")
+        if self.targets not in TARGETS:
+            raise ValueError(f"mode {self.name}: unknown targets '{self.targets}'; use {', '.join(TARGETS)}")
 
 
 MODES: dict[str, Mode] = {}

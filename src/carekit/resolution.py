@@ -138,3 +138,32 @@ def decorrelation_resolution(image: np.ndarray, *, n_radii: int = 50, n_filters:
             if d[i] > 0.05 and radii[i] < 0.99:
                 best = max(best, radii[i])
     return float(2.0 / best) if best > 0 else float("inf")
+
+
+def checkerboard_peaks(image: np.ndarray, *, box: int = 3) -> dict[str, float]:
+    """How far the spectrum rises at the frequencies of a 2x2 (Nyquist) and 4x4 (half-Nyquist) grid
+    pattern above its surroundings: the checkerboard artefacts of networks that pool by 2.
+
+    The power spectrum of the 2D planes (last two axes, apodised, averaged over the planes) is read
+    at 0.25 and 0.5 cycles per pixel along y, x and both; each value is divided by the median of the
+    power in the ``(2 box + 1)²`` bins around it (itself left out). Returns the largest ratio at
+    each frequency: about 1 for images without such patterns, well above where they show.
+    """
+    planes = np.asarray(image, np.float64).reshape(-1, *np.shape(image)[-2:])
+    planes = planes - planes.mean(axis=(1, 2), keepdims=True)
+    window = apodisation(planes.shape[1:], edge=max(planes.shape[1:]) // 8)
+    power = np.fft.fftshift(np.mean(np.abs(np.fft.fft2(planes * window)) ** 2, axis=0))
+    centre = np.array(power.shape) // 2
+    ratios = {}
+    for name, f in (("half_nyquist", 0.25), ("nyquist", 0.5)):
+        found = []
+        for fy, fx in ((f, 0.0), (0.0, f), (f, f), (f, -f)):
+            at = centre + np.round(np.array([fy, fx]) * power.shape).astype(int)
+            at = np.where(at >= power.shape, at - power.shape, at)  # +Nyquist is -Nyquist
+            rows = np.arange(at[0] - box, at[0] + box + 1) % power.shape[0]
+            cols = np.arange(at[1] - box, at[1] + box + 1) % power.shape[1]
+            around = power[np.ix_(rows, cols)].ravel()
+            around = np.delete(around, around.size // 2)
+            found.append(power[tuple(at)] / max(np.median(around), 1e-300))
+        ratios[name] = float(max(found))
+    return ratios

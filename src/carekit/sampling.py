@@ -76,6 +76,18 @@ def source_tables(pairs: list[ImagePair], q: np.ndarray) -> tuple[list[np.ndarra
     return low, high
 
 
+def augmented(rng: np.random.Generator, arrays: tuple[np.ndarray, ...], rotate: bool) -> tuple[np.ndarray, ...]:
+    """``arrays`` flipped alike along y and x at random (and, with ``rotate``, rotated by a random
+    multiple of 90° in the lateral plane), contiguous."""
+    for axis in (-1, -2):
+        if rng.random() < 0.5:
+            arrays = tuple(np.flip(a, axis) for a in arrays)
+    if rotate:
+        k = int(rng.integers(4))
+        arrays = tuple(np.rot90(a, k, axes=(-2, -1)) for a in arrays)
+    return tuple(np.ascontiguousarray(a) for a in arrays)
+
+
 class PatchSampler:
     """Draws normalised, augmented training patches and a fixed validation set.
 
@@ -226,13 +238,7 @@ class PatchSampler:
         return scaled(x, self.low_tables[i]), scaled(y, self.high_tables[i])
 
     def _augmented(self, rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple:
-        for axis in (-1, -2):
-            if rng.random() < 0.5:
-                x, y = np.flip(x, axis), np.flip(y, axis)
-        if self.rotate and self.patch[-1] == self.patch[-2]:
-            k = int(rng.integers(4))
-            x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k, axes=(-2, -1))
-        return np.ascontiguousarray(x), np.ascontiguousarray(y)
+        return augmented(rng, (x, y), self.rotate and self.patch[-1] == self.patch[-2])
 
     def _draw(self, rng: np.random.Generator, regions: list[Region]) -> int:
         weights = np.array([r.corners.size for r in regions], np.float64)

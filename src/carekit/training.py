@@ -122,8 +122,10 @@ def train_mode(kind: Mode, model_dir: str | Path, inputs: dict, *, resume: bool 
     own = {k: settings.pop(k) for k in kind.settings if k in settings}
     check_settings(settings)
     saved = resumable(model_dir, resume, overwrite, settings, kind.name)
+    if saved is None:  # a fresh start: the mode's training defaults where the user gave none
+        settings = {**(kind.train_defaults or {}), **settings}
     data: TrainingData = kind.data(inputs, saved, {**settings, **own, "progress": run.get("progress", True)})
-    check_pairs(data.pairs)
+    check_pairs(data.pairs, self_supervised=kind.targets == "input")
     record = run_record(kind, inputs, own, data.pairs)
     if resume:
         check_same_run(model_dir, record)
@@ -139,7 +141,12 @@ def train_mode(kind: Mode, model_dir: str | Path, inputs: dict, *, resume: bool 
     options = {"val_fraction": t.validation_fraction, "threshold": t.background_threshold, "augment": t.augment,
                "jitter": t.intensity_jitter, **(kind.sampler_options or {})}  # fmt: skip
     sampler = PatchSampler(data.pairs, t.patch_size, **options)
-    return fit(sampler, config, model_dir, resume=resume, record=record, **run)
+    if kind.sampler is not None:
+        sampler = kind.sampler(sampler, config)
+    model = fit(sampler, config, model_dir, resume=resume, record=record, **run)
+    if kind.finish is not None:
+        kind.finish(model, data)
+    return model
 
 
 def settle(config: Config, pairs: list[ImagePair]) -> None:

@@ -132,25 +132,30 @@ def pairs_from_files(low_paths: Sequence[str | Path], high_path: str | Path, axe
     return check_channels(pairs)
 
 
-def check_pairs(pairs: list[ImagePair]) -> None:
+def check_pairs(pairs: list[ImagePair], self_supervised: bool = False) -> None:
     """Refuse training data with nothing to learn; warn about pairs that teach nothing.
 
     Constant targets (all 0, say) or inputs, and inputs identical to their targets, are an error
     where every pair is so (a model trained on them would be silently useless) and a warning
-    where some are.
+    where some are. ``self_supervised`` pairs are noisy images that are their own targets (blind-spot
+    training): only constant images are refused.
     """
-    problems = {
-        "constant target(s)": [p.name for p in pairs if np.ptp(p.high) == 0],
-        "constant input(s)": [p.name for p in pairs if np.ptp(p.low) == 0],
-        "input(s) identical to their targets": [
-            p.name for p in pairs if p.low.shape == p.high.shape and np.array_equal(p.low, p.high)
-        ],
-    }
-    fixes = {
-        "constant target(s)": "check --high (an all-zero image?)",
-        "constant input(s)": "check --low (an all-zero image?)",
-        "input(s) identical to their targets": "--low and --high must be low- and high-SNR images",
-    }
+    if self_supervised:
+        problems = {"constant image(s)": [p.name for p in pairs if np.ptp(p.low) == 0]}
+        fixes = {"constant image(s)": "check --input (an all-zero image?)"}
+    else:
+        problems = {
+            "constant target(s)": [p.name for p in pairs if np.ptp(p.high) == 0],
+            "constant input(s)": [p.name for p in pairs if np.ptp(p.low) == 0],
+            "input(s) identical to their targets": [
+                p.name for p in pairs if p.low.shape == p.high.shape and np.array_equal(p.low, p.high)
+            ],
+        }
+        fixes = {
+            "constant target(s)": "check --high (an all-zero image?)",
+            "constant input(s)": "check --low (an all-zero image?)",
+            "input(s) identical to their targets": "--low and --high must be low- and high-SNR images",
+        }
     for what, names in problems.items():
         if len(names) == len(pairs):
             raise CarekitError(f"{names[0]}: every training pair has {what}, so there is nothing to learn; "

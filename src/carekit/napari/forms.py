@@ -148,14 +148,15 @@ class ChoiceField(QComboBox):
 
 
 class FlagField(QCheckBox):
-    """On or off; off is the default (None), so only a ticked box becomes a setting."""
+    """On or off; unticked is the default (None), so only a ticked box becomes a setting: True, or
+    False for a switch that turns something off (``--no-...``, shown as "leave out")."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self.name = name
+    def __init__(self, name: str, ticked: bool = True) -> None:
+        super().__init__("" if ticked else "leave out")
+        self.name, self.ticked = name, ticked
 
     def value(self):
-        return True if self.isChecked() else None
+        return self.ticked if self.isChecked() else None
 
 
 class AxesField(QLineEdit):
@@ -188,8 +189,8 @@ def option_field(option: Option, viewer, position: int | None = None):
         field = AxesField()
     elif "choices" in kw:
         field = ChoiceField(name, kw["choices"])
-    elif kw.get("action") in ("store_true", argparse.BooleanOptionalAction):
-        field = FlagField(name)
+    elif kw.get("action") in ("store_true", "store_false", argparse.BooleanOptionalAction):
+        field = FlagField(name, ticked=kw["action"] != "store_false")
     elif "type" in kw:
         field = TextField(name, kw["type"], kw.get("metavar", kw["type"].__name__))
     else:

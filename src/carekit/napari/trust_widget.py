@@ -27,6 +27,7 @@ from carekit.napari import forms
 from carekit.napari.jobs import Job, guarded
 from carekit.napari.restore_widget import ModelField, layer_input
 from carekit.napari.train_widget import remember
+from carekit.registry import supporting
 
 SHIPPED = "shipped sample"  # the test image export uses when no layer is chosen
 LEVELS = (0.5, 0.8, 0.9, 0.95)  # rows of the reliability table, as 'carekit calibrate' prints
@@ -74,7 +75,7 @@ class TrustWidget(QWidget):
         top.addRow("model", self.model)
         layout.addLayout(top)
         for title, form in (("Calibrate uncertainty (probabilistic models, ensembles)", calibration),
-                            ("Export to bioimage.io (denoise and synthetic models)", export)):  # fmt: skip
+                            (f"Export to bioimage.io ({supporting('export')} models)", export)):  # fmt: skip
             box = QGroupBox(title)
             box.setLayout(form)
             layout.addWidget(box)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from carekit.nets.unet import UNet
+from carekit.nets.unet import build_unet
 
 # The rules below are written with operators that numpy arrays and torch tensors share, so the
 # in-memory (numpy), out-of-core (numpy, streamed) and packaged (traced torch) paths apply one rule.
@@ -80,7 +80,7 @@ class PackagedNet(nn.Module):
     Parameters
     ----------
     unet : dict
-        Keyword arguments of :class:`UNet` (``ndim``, ``in_channels``, ``out_channels``, ...).
+        Keyword arguments of :func:`build_unet` (``ndim``, ``in_channels``, ``out_channels``, ...).
     gain, offset : list of float
         Per output channel, the map from input percentiles to target percentiles.
     low, high : float
@@ -93,7 +93,7 @@ class PackagedNet(nn.Module):
     def __init__(self, unet: dict, gain: list[float], offset: list[float], low: float, high: float) -> None:
         super().__init__()
         self.kwargs = {"unet": dict(unet), "gain": list(gain), "offset": list(offset), "low": low, "high": high}
-        self.net = UNet(**unet)
+        self.net = build_unet(**unet)
         self.net.phase_upsampling = False  # plain operators: traceable, exportable to ONNX
         self.low, self.high = float(low), float(high)
         self.grid = list(self.net.divisor())

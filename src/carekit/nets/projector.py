@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from carekit.nets.unet import UNet
+from carekit.nets.unet import UNet, build_unet
 
 
 class ProjectionNet(nn.Module):
@@ -41,7 +41,7 @@ class ProjectionNet(nn.Module):
         super().__init__()
         self.project = UNet(3, in_channels, 1, depth=proj_depth, n_first=proj_features, kernel_size=proj_kernel,
                             residual=False, pool=(1, 2, 2))  # fmt: skip
-        self.restore = UNet(2, in_channels, out_channels, **unet)
+        self.restore = build_unet(2, in_channels, out_channels, **unet)
         self.residual = self.restore.residual
         self.lateral = int(proj_pool)
 

@@ -12,6 +12,12 @@ low-resolution image with summed taps. So the upsampled half runs at low resolut
 ``ceil``-sized kernels (2 instead of 3 taps per axis for kernel 3, 3 instead of 5 for kernel
 5), and the skip half is a plain convolution added in. The weights are those of the
 ordinary convolution; outputs and gradients are the same up to float rounding.
+
+Two variants serve self-supervised training (N2V2, Hock et al. 2022), whose blind-spot networks
+otherwise show checkerboard artefacts: blur pooling (a stride-1 maximum, then a [1, 2, 1] blur
+sampled every second pixel) instead of max pooling, and no skip connection at the top level
+(which then upsamples linearly).
+:class:`ChannelwiseUNet` restores each channel with a network of its own.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 CONV_F = {2: F.conv2d, 3: F.conv3d}
 POOL = {2: F.max_pool2d, 3: F.max_pool3d}
+LINEAR = {2: "bilinear", 3: "trilinear"}
 NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 SCALE_FLOOR = 1e-3  # smallest Laplace scale, in normalised intensity units
 
@@ -92,6 +99,29 @@ def max_pool(x: torch.Tensor, pool: tuple[int, ...]) -> torch.Tensor:
     return x
 
 
+def blur_pool(x: torch.Tensor, pool: tuple[int, ...]) -> torch.Tensor:
+    """Blur pooling by 2 along the axes where ``pool`` is 2: the maximum of each pixel and its next
+    neighbour, then ``[1, 2, 1] / 4`` taken at every second pixel (edges repeated).
+
+    Unlike max pooling, the result barely changes when the input shifts by one pixel, so a
+    network does not learn patterns tied to the pooling grid. Written with slices only, so it
+    traces and exports as it runs.
+    """
+    for axis, p in enumerate(pool, start=2):
+        if p == 1:
+            continue
+        if p != 2:
+            raise ValueError(f"blur pooling pools by 2, got {p}")
+        n = x.shape[axis] - x.shape[axis] % 2
+        x = x.narrow(axis, 0, n)
+        after = torch.cat([x.narrow(axis, 1, n - 1), x.narrow(axis, n - 1, 1)], dim=axis)
+        peaks = torch.maximum(x, after)
+        m = torch.cat([peaks.narrow(axis, 0, 1), peaks], dim=axis)  # m[k]: the maximum at k - 1
+        index = (slice(None),) * axis
+        x = (m[(*index, slice(0, n, 2))] + 2 * m[(*index, slice(1, n + 1, 2))] + m[(*index, slice(2, n + 1, 2))]) / 4
+    return x
+
+
 class PhaseAdd(torch.autograd.Function):
     """``skip_part`` plus the phase convolution's output, interleaved back to full resolution."""
 
@@ -127,8 +157,9 @@ def phase_view(phases: torch.Tensor, out_shape, pool, delta) -> tuple:
     return (*size, n_out), (*stride, s_c), phases.storage_offset()
 
 
-def upsample_concat_conv(h: torch.Tensor, skip: torch.Tensor, conv: nn.Module, pool, plans) -> torch.Tensor:
-    """``conv(cat([nearest_upsample(h, pool), skip]))``, with the upsampled half run at low resolution."""
+def upsample_concat_conv(h: torch.Tensor, skip: torch.Tensor | None, conv: nn.Module, pool, plans) -> torch.Tensor:
+    """``conv(cat([nearest_upsample(h, pool), skip]))`` (``conv(nearest_upsample(h, pool))`` without a
+    skip), with the upsampled half run at low resolution."""
     ndim, n_up = h.ndim - 2, h.shape[1]
     w = conv.weight
     with torch.autocast(h.device.type, enabled=False):
@@ -139,12 +170,17 @@ def upsample_concat_conv(h: torch.Tensor, skip: torch.Tensor, conv: nn.Module, p
         order = [2 + 2 * i for i in range(ndim)] + [0, 1] + [3 + 2 * i for i in range(ndim)]
         kernel = kernel.permute(order).flatten(0, ndim)
     layout = torch.channels_last_3d if ndim == 3 else torch.channels_last
-    if not skip.is_contiguous(memory_format=layout):
+    if not (skip if skip is not None else h).is_contiguous(memory_format=layout):
         layout = torch.contiguous_format
     kernel = kernel.contiguous(memory_format=layout)
-    skip_w = w[:, n_up:].contiguous(memory_format=layout)
     phases = CONV_F[ndim](h, kernel, padding=tuple(pad for _, pad, _ in plans))
-    skip_part = CONV_F[ndim](skip, skip_w, conv.bias, padding=conv.padding)
+    if skip is None:  # the bias alone, at full resolution
+        shape = (h.shape[0], w.shape[0], *(s * p for s, p in zip(h.shape[2:], pool, strict=True)))
+        bias = conv.bias if conv.bias is not None else w.new_zeros(w.shape[0])
+        skip_part = bias.to(phases.dtype).reshape(1, -1, *(1,) * ndim).expand(shape).contiguous(memory_format=layout)
+    else:
+        skip_w = w[:, n_up:].contiguous(memory_format=layout)
+        skip_part = CONV_F[ndim](skip, skip_w, conv.bias, padding=conv.padding)
     return PhaseAdd.apply(skip_part, phases, pool, tuple(delta for _, _, delta in plans))
 
 
@@ -176,11 +212,19 @@ class UNet(nn.Module):
         feature maps without passing gradients back into them, so the scale cannot steer the
         features the mean is made of (with the beta-weighted NLL of ``carekit.losses`` the mean
         then trains exactly as a plain network's would).
+    blur_pool : bool
+        Pool by :func:`blur_pool` instead of max pooling (N2V2).
+    top_skip : bool
+        Keep the skip connection of the top level (N2V2 drops it: that level's features then come
+        from the coarser levels only, so no single input pixel reaches the output unfiltered).
+        Without it the top level upsamples linearly: nearest upsampling would leave a pattern of
+        2-pixel blocks that no full-resolution feature is there to undo (a peak at Nyquist).
     """
 
     def __init__(self, ndim: int, in_channels: int, out_channels: int, *, depth: int = 2, n_first: int = 32,
                  kernel_size: int = 5, n_conv: int = 2, residual: bool = True, batch_norm: bool = False,
-                 pool: tuple[int, ...] | None = None, probabilistic: bool = False) -> None:  # fmt: skip
+                 pool: tuple[int, ...] | None = None, probabilistic: bool = False, blur_pool: bool = False,
+                 top_skip: bool = True) -> None:  # fmt: skip
         super().__init__()
         if ndim not in CONV:
             raise ValueError(f"ndim must be 2 or 3, got {ndim}")
@@ -188,6 +232,9 @@ class UNet(nn.Module):
         self.kernel = (kernel_size,) * ndim
         self.pool = tuple(pool) if pool is not None else (2,) * ndim
         self.residual = residual and in_channels == out_channels
+        self.blur_pool, self.top_skip = bool(blur_pool), bool(top_skip)
+        if self.blur_pool and any(p not in (1, 2) for p in self.pool):
+            raise ValueError(f"blur pooling pools by 2 (or 1), got {self.pool}")
         width = [n_first * 2**level for level in range(depth + 1)]
 
         def half(level: int) -> int:
@@ -201,7 +248,8 @@ class UNet(nn.Module):
         self.bottom = conv_block(ndim, [cin] + [width[depth]] * (n_conv - 1) + [half(depth)], self.kernel, batch_norm)
         self.up = nn.ModuleList()
         for level in reversed(range(depth)):
-            widths = [half(level + 1) + width[level]] + [width[level]] * (n_conv - 1) + [half(level)]
+            skip = width[level] if level > 0 or self.top_skip else 0
+            widths = [half(level + 1) + skip] + [width[level]] * (n_conv - 1) + [half(level)]
             self.up.append(conv_block(ndim, widths, self.kernel, batch_norm))
         self.features = half(0)
         self.head = CONV[ndim](self.features, out_channels, 1)
@@ -222,14 +270,21 @@ class UNet(nn.Module):
         for block in self.down:
             h = block(h)
             skips.append(h)
-            h = max_pool(h, self.pool) if phase else POOL[self.ndim](h, self.pool)
+            if self.blur_pool:
+                h = blur_pool(h, self.pool)
+            else:
+                h = max_pool(h, self.pool) if phase else POOL[self.ndim](h, self.pool)
         h = self.bottom(h)
+        if not self.top_skip:
+            skips[0] = None
         for block, skip in zip(self.up, reversed(skips), strict=True):
-            if phase and self.phase_plans is not None:
+            if skip is None:  # the top level without its skip: linear upsampling (see the class)
+                h = block(F.interpolate(h, scale_factor=self.pool, mode=LINEAR[self.ndim], align_corners=False))
+            elif phase and self.phase_plans is not None:
                 h = block[1:](upsample_concat_conv(h, skip, block[0], self.pool, self.phase_plans))
             else:
                 h = F.interpolate(h, scale_factor=self.pool, mode="nearest")
-                h = block(torch.cat([h, skip], dim=1))
+                h = block(h if skip is None else torch.cat([h, skip], dim=1))
         return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -259,14 +314,16 @@ class UNet(nn.Module):
         halos = []
         for k, p, d in zip(self.kernel, self.pool, self.divisor(), strict=True):
             radius, scale = 0, 1
+            pooling = (p - 1) * (2 if self.blur_pool else 1)  # a blur pool reads one more pixel each side
             for _ in range(self.depth):
-                radius += self.n_conv * (k // 2) * scale + scale * (p - 1)
+                radius += self.n_conv * (k // 2) * scale + scale * pooling
                 scale *= p
             radius += self.n_conv * (k // 2) * scale
             for _ in range(self.depth):
                 radius += scale * (p - 1)
                 scale //= p
                 radius += self.n_conv * (k // 2) * scale
+            radius += 0 if self.top_skip else p  # linear upsampling reads one more coarse pixel
             halos.append(-(-radius // d) * d)
         return tuple(halos)
 
@@ -282,6 +339,61 @@ class UNet(nn.Module):
             for level in range(self.depth + 1)
         )
         return int(4 * (per_level + 2))
+
+
+class ChannelwiseUNet(nn.Module):
+    """One :class:`UNet` per channel, each restoring its channel alone (``channels -> channels``).
+
+    For channels whose structures or noise differ (two fluorophores on two cameras). The output
+    is every member's output along channels (means first, then Laplace scales if probabilistic).
+    """
+
+    def __init__(self, ndim: int, channels: int, **settings) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(UNet(ndim, 1, 1, **settings) for _ in range(channels))
+        first = self.members[0]
+        self.ndim, self.residual, self.probabilistic = ndim, first.residual, first.probabilistic
+        self.in_channels = channels
+
+    @property
+    def phase_upsampling(self) -> bool:
+        return self.members[0].phase_upsampling
+
+    @phase_upsampling.setter
+    def phase_upsampling(self, value: bool) -> None:
+        for member in self.members:
+            member.phase_upsampling = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [member(x[:, c : c + 1]) for c, member in enumerate(self.members)]
+        if not self.probabilistic:
+            return torch.cat(outs, dim=1)
+        return torch.cat([o[:, :1] for o in outs] + [o[:, 1:] for o in outs], dim=1)
+
+    def example_shape(self) -> tuple[int, ...]:
+        """A small input to time: a member's example with every channel."""
+        return (1, self.in_channels, *self.members[0].example_shape()[2:])
+
+    def divisor(self) -> tuple[int, ...]:
+        return self.members[0].divisor()
+
+    def halo(self) -> tuple[int, ...]:
+        return self.members[0].halo()
+
+    def bytes_per_voxel(self) -> int:
+        """One member's activations (members run one after another) and the whole input and output."""
+        return self.members[0].bytes_per_voxel() + 8 * len(self.members)
+
+
+def build_unet(ndim: int, in_channels: int, out_channels: int, *, independent_channels: bool = False,
+               **settings) -> UNet | ChannelwiseUNet:  # fmt: skip
+    """A :class:`UNet`, or with ``independent_channels`` (and several channels in and out) a
+    :class:`ChannelwiseUNet`."""
+    if independent_channels and in_channels > 1:
+        if in_channels != out_channels:
+            raise ValueError(f"independent channels map each channel to itself, got {in_channels} -> {out_channels}")
+        return ChannelwiseUNet(ndim, in_channels, **settings)
+    return UNet(ndim, in_channels, out_channels, **settings)
 
 
 def fold_batch_norm(net: nn.Module) -> nn.Module:

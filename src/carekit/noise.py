@@ -1,0 +1,121 @@
+"""The camera's noise, read from noisy images alone, and the noisy pixel's share in a blind-spot restoration.
+
+A blind-spot network (Noise2Void) estimates each pixel from its neighbours only: it never reads
+the pixel's own value. Where noise is weak that wastes what the pixel knows. Given the camera's
+noise variance ``sigma2`` at a pixel and how far the network's estimate strays from the noisy
+value on average (``v``, measured per intensity), the mean squared error of
+``estimate + w * (noisy - estimate)`` is smallest at ``w = 1 - sigma2 / v`` (the Gaussian
+posterior mean of Laine et al. 2019, with the network's error as the prior): close to 0 where the
+network is much better than the pixel (low light), larger where the pixel is nearly clean.
+
+The noise variance follows the Poisson-Gaussian line ``a * intensity + b`` of a camera, fitted
+without any clean image: a curvature filter whose response to white noise has unit variance
+reads the noise (its median absolute deviation, per intensity bin) and the mean of the ring of
+pixels around it (which shares no noise with the filter) gives the bin's intensity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import convolve, uniform_filter
+
+# second differences along y, x and both: unit variance on white noise (its squares sum to 1)
+CURVATURE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32) / 6.0
+MAD_TO_SIGMA = 1.4826
+BINS = 16  # intensity bins of the noise fit
+TABLE_BINS = 24  # intensity bins of the posterior weights
+MAX_PIXELS = 4_000_000  # pixels read by a fit (planes spread over the images beyond)
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Noise variance ``a * intensity + b``, at least ``floor`` (the least measured: a line fitted to
+    bright pixels may pass under the read noise at zero), in the units of the images it was fitted on."""
+
+    a: float
+    b: float
+    floor: float = 0.0
+
+    def variance(self, intensity: np.ndarray) -> np.ndarray:
+        return np.maximum(self.a * np.maximum(intensity, 0) + self.b, max(self.floor, 1e-12))
+
+
+def planes(images: list[np.ndarray], max_pixels: int = MAX_PIXELS) -> list[np.ndarray]:
+    """2D planes (last two axes) of ``images``, evenly picked up to about ``max_pixels``."""
+    found = [p for image in images for p in np.asarray(image, np.float32).reshape(-1, *np.shape(image)[-2:])]
+    total = sum(p.size for p in found)
+    step = max(1, int(np.ceil(total / max_pixels)))
+    return found[::step]
+
+
+def fit_camera(images: list[np.ndarray]) -> Camera:
+    """The Poisson-Gaussian line of the noise in ``images`` (arrays whose last two axes are planes)."""
+    noise, level = [], []
+    for p in planes(images):
+        if min(p.shape) < 5:
+            continue
+        noise.append(convolve(p, CURVATURE, mode="reflect").ravel())
+        ring = uniform_filter(p, 5, mode="reflect") * 25 - uniform_filter(p, 3, mode="reflect") * 9
+        level.append(ring.ravel() / 16)
+    if not noise:
+        return Camera(0.0, 0.0)
+    noise, level = np.concatenate(noise), np.concatenate(level)
+    edges = np.unique(np.quantile(level, np.linspace(0, 1, BINS + 1)))
+    which = np.clip(np.searchsorted(edges, level, side="right") - 1, 0, len(edges) - 2)
+    means, variances = [], []
+    for i in range(len(edges) - 1):
+        h = noise[which == i]
+        if h.size < 50:
+            continue
+        means.append(float(level[which == i].mean()))
+        variances.append(float((MAD_TO_SIGMA * np.median(np.abs(h - np.median(h)))) ** 2))
+    if len(means) < 2 or np.ptp(means) == 0:
+        return Camera(0.0, float(np.mean(variances)) if variances else 0.0, min(variances, default=0.0))
+    a, b = np.polyfit(means, variances, 1)
+    if a < 0:  # no signal-dependent part to speak of: a constant read noise
+        a, b = 0.0, float(np.mean(variances))
+    return Camera(float(a), float(b), float(min(variances)))
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """The noisy pixel's weight ``weights[i]`` at restored intensity ``centres[i]`` (interpolated between)."""
+
+    centres: tuple[float, ...]
+    weights: tuple[float, ...]
+
+    def apply(self, noisy: np.ndarray, estimate: np.ndarray) -> np.ndarray:
+        """``estimate + w * (noisy - estimate)``, in place in ``estimate``; returns it."""
+        w = np.interp(estimate, self.centres, self.weights).astype(estimate.dtype)
+        estimate += w * (noisy - estimate)
+        return estimate
+
+    def to_dict(self) -> dict:
+        return {"centres": list(self.centres), "weights": list(self.weights)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Posterior:
+        return cls(tuple(float(c) for c in d["centres"]), tuple(float(w) for w in d["weights"]))
+
+
+def fit_posterior(noisy: list[np.ndarray], estimates: list[np.ndarray], camera: Camera) -> Posterior:
+    """The weights that make ``estimate + w * (noisy - estimate)`` closest to the truth, per intensity
+    bin of the estimates: ``1 - sigma2 / v`` with ``v`` the bin's mean squared gap, clipped to [0, 1]."""
+    x = np.concatenate([np.ravel(a) for a in noisy]).astype(np.float64)
+    m = np.concatenate([np.ravel(a) for a in estimates]).astype(np.float64)
+    edges = np.unique(np.quantile(m, np.linspace(0, 1, TABLE_BINS + 1)))
+    which = np.clip(np.searchsorted(edges, m, side="right") - 1, 0, max(len(edges) - 2, 0))
+    centres, weights = [], []
+    for i in range(max(len(edges) - 1, 1)):
+        sel = which == i
+        if sel.sum() < 50:
+            continue
+        gap = float(np.mean((x[sel] - m[sel]) ** 2))
+        noise = float(np.mean(camera.variance(m[sel])))
+        centres.append(float(np.mean(m[sel])))
+        weights.append(float(np.clip(1 - noise / gap, 0, 1)) if gap > 0 else 0.0)
+    if not centres:
+        return Posterior((0.0,), (0.0,))
+    return Posterior(tuple(centres), tuple(weights))

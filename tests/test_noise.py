@@ -1,0 +1,62 @@
+"""The camera's noise from noisy images alone, and the noisy pixel's share in a blind-spot restoration."""
+
+import numpy as np
+import pytest
+from conftest import blobs
+
+from carekit.config import Config
+from carekit.data.camera import poisson_gaussian, to_photons
+from carekit.errors import CarekitError
+from carekit.noise import Camera, fit_camera, fit_posterior
+
+
+@pytest.mark.parametrize(("peak", "read"), [(20.0, 1.0), (200.0, 3.0)])
+def test_camera_noise_is_read_from_the_noisy_images(peak, read):
+    clean = blobs((4, 128, 128), seed=2, density=0.002, sigma=4.0) + 0.05  # smooth, as most samples
+    photons = to_photons(clean, peak)
+    noisy = poisson_gaussian(photons, np.random.default_rng(0), read_sigma=read)
+    camera = fit_camera([noisy])
+    true = photons + read**2
+    fitted = camera.variance(photons)
+    assert abs(np.median(fitted / true) - 1) < 0.2  # within 20 % where the pixels are
+
+
+def test_constant_noise_has_no_slope():
+    noisy = np.random.default_rng(1).normal(10.0, 2.0, (2, 96, 96)).astype(np.float32)
+    camera = fit_camera([noisy])
+    assert camera.a < 0.05 and abs(camera.b - 4.0) < 0.6
+
+
+def blend_case(error: float, noise: float, n: int = 200_000):
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(10, 50, n).astype(np.float32)
+    estimate = truth + rng.normal(0, np.sqrt(error), n).astype(np.float32)
+    noisy = truth + rng.normal(0, np.sqrt(noise), n).astype(np.float32)
+    return truth, estimate, noisy
+
+
+def test_the_noisy_pixel_gets_the_share_that_minimises_the_error():
+    truth, estimate, noisy = blend_case(error=4.0, noise=4.0)  # as good as each other: half each
+    table = fit_posterior([noisy], [estimate], Camera(0.0, 4.0))
+    # half each (at the ends of the range an estimate's extremes are partly its error: more of the pixel there)
+    assert np.allclose(table.weights[2:-2], 0.5, atol=0.05)
+    before = np.mean((estimate - truth) ** 2)
+    after = np.mean((table.apply(noisy, estimate.copy()) - truth) ** 2)
+    assert after < 0.55 * before  # the ideal halves the error
+
+
+def test_a_good_estimate_keeps_the_noisy_pixel_out():
+    truth, estimate, noisy = blend_case(error=0.1, noise=25.0)
+    table = fit_posterior([noisy], [estimate], Camera(0.0, 25.0))
+    assert max(table.weights) < 0.03
+    after = np.mean((table.apply(noisy, estimate.copy()) - truth) ** 2)
+    assert after < 0.11  # no worse than the estimate's 0.1 to speak of
+
+
+def test_a_damaged_blend_in_a_configuration_is_refused():
+    good = {"camera": [1.0, 4.0, 4.0], "centres": [1.0, 2.0], "weights": [0.1, 0.2]}
+    Config(axes="YX", mode="n2v", n2v={"blend": good})
+    for bad in ({**good, "weights": [0.1, 1.5]}, {**good, "centres": [2.0, 1.0]}, {**good, "camera": [1.0]},
+                {**good, "weights": [0.1]}):  # fmt: skip
+        with pytest.raises(CarekitError, match=r"n2v\.blend"):
+            Config(axes="YX", mode="n2v", n2v={"blend": bad})
