@@ -16,6 +16,7 @@ pixels around it (which shares no noise with the filter) gives the bin's intensi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ CURVATURE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32) / 6.0
 MAD_TO_SIGMA = 1.4826
 BINS = 16  # intensity bins of the noise fit
 TABLE_BINS = 24  # intensity bins of the posterior weights
+LEAST_PIXELS = 50  # pixels a bin needs to count
 MAX_PIXELS = 4_000_000  # pixels read by a fit (planes spread over the images beyond)
 
 
@@ -50,6 +52,17 @@ def planes(images: list[np.ndarray], max_pixels: int = MAX_PIXELS) -> list[np.nd
     return found[::step]
 
 
+def intensity_bins(values: np.ndarray, bins: int) -> Iterator[np.ndarray]:
+    """Selections of ``values`` (1D) in ``bins`` bins between their quantiles (fewer where quantiles
+    coincide), each holding at least :data:`LEAST_PIXELS`."""
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)))
+    which = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, max(len(edges) - 2, 0))
+    for i in range(max(len(edges) - 1, 1)):
+        selected = which == i
+        if selected.sum() >= LEAST_PIXELS:
+            yield selected
+
+
 def fit_camera(images: list[np.ndarray]) -> Camera:
     """The Poisson-Gaussian line of the noise in ``images`` (arrays whose last two axes are planes)."""
     noise, level = [], []
@@ -62,14 +75,10 @@ def fit_camera(images: list[np.ndarray]) -> Camera:
     if not noise:
         return Camera(0.0, 0.0)
     noise, level = np.concatenate(noise), np.concatenate(level)
-    edges = np.unique(np.quantile(level, np.linspace(0, 1, BINS + 1)))
-    which = np.clip(np.searchsorted(edges, level, side="right") - 1, 0, len(edges) - 2)
     means, variances = [], []
-    for i in range(len(edges) - 1):
-        h = noise[which == i]
-        if h.size < 50:
-            continue
-        means.append(float(level[which == i].mean()))
+    for sel in intensity_bins(level, BINS):
+        h = noise[sel]
+        means.append(float(level[sel].mean()))
         variances.append(float((MAD_TO_SIGMA * np.median(np.abs(h - np.median(h)))) ** 2))
     if len(means) < 2 or np.ptp(means) == 0:
         return Camera(0.0, float(np.mean(variances)) if variances else 0.0, min(variances, default=0.0))
@@ -105,13 +114,8 @@ def fit_posterior(noisy: list[np.ndarray], estimates: list[np.ndarray], camera: 
     bin of the estimates: ``1 - sigma2 / v`` with ``v`` the bin's mean squared gap, clipped to [0, 1]."""
     x = np.concatenate([np.ravel(a) for a in noisy]).astype(np.float64)
     m = np.concatenate([np.ravel(a) for a in estimates]).astype(np.float64)
-    edges = np.unique(np.quantile(m, np.linspace(0, 1, TABLE_BINS + 1)))
-    which = np.clip(np.searchsorted(edges, m, side="right") - 1, 0, max(len(edges) - 2, 0))
     centres, weights = [], []
-    for i in range(max(len(edges) - 1, 1)):
-        sel = which == i
-        if sel.sum() < 50:
-            continue
+    for sel in intensity_bins(m, TABLE_BINS):
         gap = float(np.mean((x[sel] - m[sel]) ** 2))
         noise = float(np.mean(camera.variance(m[sel])))
         centres.append(float(np.mean(m[sel])))

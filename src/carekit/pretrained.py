@@ -30,7 +30,6 @@ from carekit.nets.unet import UNet
 from carekit.registry import mode_of
 
 SIGNATURE = ("depth", "n_first", "kernel_size", "n_conv", "batch_norm", "residual", "blur_pool", "top_skip")
-UNRECORDED = PLAIN_POOLING  # what a description that does not record the pooling fields means
 
 
 def folder() -> Path:
@@ -62,7 +61,8 @@ def matching(care: CARE, family: str) -> dict | None:
     wanted = {k: getattr(n, k) for k in SIGNATURE}
     for entry in catalogue():
         named = entry["name"].split(".")[0].startswith(f"{family}-{net.ndim}d")
-        if named and {k: entry["network"].get(k, UNRECORDED.get(k)) for k in SIGNATURE} == wanted:
+        # a description that does not record the pooling fields was written for plain pooling
+        if named and {k: entry["network"].get(k, PLAIN_POOLING.get(k)) for k in SIGNATURE} == wanted:
             return entry
     return None
 
