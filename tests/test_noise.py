@@ -7,7 +7,7 @@ from conftest import blobs
 from carekit.config import Config
 from carekit.data.camera import poisson_gaussian, to_photons
 from carekit.errors import CarekitError
-from carekit.noise import Camera, fit_camera, fit_posterior
+from carekit.noise import Camera, fit_camera, fit_posterior, reliance
 
 
 @pytest.mark.parametrize(("peak", "read"), [(20.0, 1.0), (200.0, 3.0)])
@@ -51,6 +51,28 @@ def test_a_good_estimate_keeps_the_noisy_pixel_out():
     assert max(table.weights) < 0.03
     after = np.mean((table.apply(noisy, estimate.copy()) - truth) ** 2)
     assert after < 0.11  # no worse than the estimate's 0.1 to speak of
+
+
+def test_an_estimate_that_reads_the_pixel_gets_its_share_from_the_measured_reliance():
+    # a blind-spot network restoring a whole image follows its pixel's noise a little (c = 0.3 here)
+    rng = np.random.default_rng(4)
+    truth = rng.uniform(10, 50, 200_000).astype(np.float32)
+    noise = rng.normal(0, 2.0, truth.size).astype(np.float32)
+    estimate = truth + rng.normal(0, 2.0, truth.size).astype(np.float32) + 0.3 * noise
+    noisy = truth + noise
+    camera = Camera(0.0, 4.0)
+
+    def restore(image):  # the same dependence on the pixel, as a function the probe can nudge
+        return estimate + 0.3 * (image - noisy)
+
+    c = reliance(restore, noisy, camera, rng)
+    assert abs(float(np.mean(c)) - 0.3) < 0.01
+    plain = fit_posterior([noisy], [estimate], camera)
+    aware = fit_posterior([noisy], [estimate], camera, [c])
+    # best share: 1 - (1 - c) sigma2 / v = 1 - 0.7 * 4 / (4 + 0.49 * 4) = 0.53; without c: 0.33
+    assert np.allclose(aware.weights[2:-2], 0.53, atol=0.05)
+    errors = [np.mean((t.apply(noisy, estimate.copy()) - truth) ** 2) for t in (plain, aware)]
+    assert errors[1] < 0.95 * errors[0]
 
 
 def test_a_damaged_blend_in_a_configuration_is_refused():

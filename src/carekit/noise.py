@@ -8,15 +8,24 @@ value on average (``v``, measured per intensity), the mean squared error of
 posterior mean of Laine et al. 2019, with the network's error as the prior): close to 0 where the
 network is much better than the pixel (low light), larger where the pixel is nearly clean.
 
+A network trained with blind spots still reads the pixel a little when restoring a whole image:
+its estimate moves by ``c`` times the pixel's noise (``c`` of 0.05-0.15 is usual). That part of the
+noise is already in the estimate and shrinks the gap, so the share becomes
+``w = 1 - (1 - c) * sigma2 / v``; ``c`` per intensity is measured by nudging every pixel by a
+random sign times half its noise and reading how far each pixel's own estimate follows (the
+diagonal of the network's Jacobian, estimated as Hutchinson does). Left out, ``c`` would count the
+pixel's noise twice and keep it out where it would help most (weak noise).
+
 The noise variance follows the Poisson-Gaussian line ``a * intensity + b`` of a camera, fitted
 without any clean image: a curvature filter whose response to white noise has unit variance
-reads the noise (its median absolute deviation, per intensity bin) and the mean of the ring of
-pixels around it (which shares no noise with the filter) gives the bin's intensity.
+reads the noise (its median absolute deviation, per intensity bin); pixels are binned by the mean
+of the ring of pixels around them (which shares no noise with the filter) and a bin's intensity is
+the mean of its pixels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,20 +74,23 @@ def intensity_bins(values: np.ndarray, bins: int) -> Iterator[np.ndarray]:
 
 def fit_camera(images: list[np.ndarray]) -> Camera:
     """The Poisson-Gaussian line of the noise in ``images`` (arrays whose last two axes are planes)."""
-    noise, level = [], []
+    noise, level, centre = [], [], []
     for p in planes(images):
         if min(p.shape) < 5:
             continue
         noise.append(convolve(p, CURVATURE, mode="reflect").ravel())
         ring = uniform_filter(p, 5, mode="reflect") * 25 - uniform_filter(p, 3, mode="reflect") * 9
         level.append(ring.ravel() / 16)
+        centre.append(p.ravel())
     if not noise:
         return Camera(0.0, 0.0)
-    noise, level = np.concatenate(noise), np.concatenate(level)
+    noise, level, centre = np.concatenate(noise), np.concatenate(level), np.concatenate(centre)
     means, variances = [], []
     for sel in intensity_bins(level, BINS):
         h = noise[sel]
-        means.append(float(level[sel].mean()))
+        # the bin's intensity: its pixels' own mean, unbiased as their noise is not the ring's (the ring's
+        # mean would place the outer bins too far out where it is noisy, flattening the line)
+        means.append(float(centre[sel].mean()))
         variances.append(float((MAD_TO_SIGMA * np.median(np.abs(h - np.median(h)))) ** 2))
     if len(means) < 2 or np.ptp(means) == 0:
         return Camera(0.0, float(np.mean(variances)) if variances else 0.0, min(variances, default=0.0))
@@ -109,15 +121,32 @@ class Posterior:
         return cls(tuple(float(c) for c in d["centres"]), tuple(float(w) for w in d["weights"]))
 
 
-def fit_posterior(noisy: list[np.ndarray], estimates: list[np.ndarray], camera: Camera) -> Posterior:
+def reliance(restore: Callable[[np.ndarray], np.ndarray], image: np.ndarray, camera: Camera,
+             rng: np.random.Generator, probes: int = 1) -> np.ndarray:  # fmt: skip
+    """How far ``restore``'s estimate of each pixel follows that pixel's own noise (per pixel, noisy;
+    average it over many pixels): central differences along random signs of half the noise."""
+    step = 0.5 * np.sqrt(camera.variance(image)).astype(np.float32)
+    found = np.zeros(image.shape, np.float32)
+    for _ in range(probes):
+        nudge = step * rng.choice(np.array([-1.0, 1.0], np.float32), size=image.shape)
+        found += (restore(image + nudge) - restore(image - nudge)) / (2 * nudge)
+    return found / probes
+
+
+def fit_posterior(noisy: list[np.ndarray], estimates: list[np.ndarray], camera: Camera,
+                  reliances: list[np.ndarray] | None = None) -> Posterior:  # fmt: skip
     """The weights that make ``estimate + w * (noisy - estimate)`` closest to the truth, per intensity
-    bin of the estimates: ``1 - sigma2 / v`` with ``v`` the bin's mean squared gap, clipped to [0, 1]."""
+    bin of the estimates: ``1 - (1 - c) * sigma2 / v`` with ``v`` the bin's mean squared gap and ``c``
+    its mean reliance on the pixel (:func:`reliance`; 0 where not given), clipped to [0, 1]."""
     x = np.concatenate([np.ravel(a) for a in noisy]).astype(np.float64)
     m = np.concatenate([np.ravel(a) for a in estimates]).astype(np.float64)
+    c = np.concatenate([np.ravel(a) for a in reliances]) if reliances is not None else np.zeros_like(m)
     centres, weights = [], []
     for sel in intensity_bins(m, TABLE_BINS):
         gap = float(np.mean((x[sel] - m[sel]) ** 2))
-        noise = float(np.mean(camera.variance(m[sel])))
+        # the camera's noise at the bin's true intensity: its noisy pixels' mean (the estimates' own
+        # mean leans towards the middle of the range where they are unsure)
+        noise = float(camera.variance(np.mean(x[sel]))) * (1 - float(np.clip(np.mean(c[sel]), 0, 1)))
         centres.append(float(np.mean(m[sel])))
         weights.append(float(np.clip(1 - noise / gap, 0, 1)) if gap > 0 else 0.0)
     if not centres:

@@ -36,7 +36,7 @@ from carekit.errors import CarekitError
 from carekit.io import write_json
 from carekit.model import CARE, CONFIG
 from carekit.modes.denoise import AXES
-from carekit.noise import Posterior, fit_camera, fit_posterior
+from carekit.noise import Posterior, fit_camera, fit_posterior, reliance
 from carekit.registry import Mode, Option, TrainingData, register
 from carekit.sampling import PatchSampler, augmented
 from carekit.training import train_mode
@@ -146,7 +146,8 @@ POSTERIOR_PIXELS = 2_000_000  # pixels of the training images restored to measur
 
 def measure_blend(model: CARE, data: TrainingData) -> None:
     """After training: the camera's noise and the noisy pixel's share per intensity, from the training
-    images and the network's restoration of them (no clean image); stored in the model's configuration.
+    images, the network's restoration of them and how far it follows each pixel's own noise (no clean
+    image); stored in the model's configuration.
     Left out for a structured mask (its noise is not independent between pixels)."""
     part = model.config.n2v
     part.blend = None
@@ -156,8 +157,11 @@ def measure_blend(model: CARE, data: TrainingData) -> None:
     step = max(1, int(np.ceil(sum(a.size for a in noisy) / POSTERIOR_PIXELS)))
     noisy = noisy[::step]
     camera = fit_camera([c for a in noisy for c in a])  # each channel's planes
-    estimates = [model.predict(a, "C" + model.config.spatial) for a in noisy]
-    table = fit_posterior(noisy, estimates, camera)
+    axes = "C" + model.config.spatial
+    estimates = [model.predict(a, axes) for a in noisy]
+    rng = np.random.default_rng(0)
+    reliances = [reliance(lambda b: model.predict(b, axes), a, camera, rng) for a in noisy]
+    table = fit_posterior(noisy, estimates, camera, reliances)
     part.blend = {"camera": [camera.a, camera.b, camera.floor], **table.to_dict()}
     if model.directory is not None:
         write_json(model.directory / CONFIG, model.config.to_dict())
