@@ -1,10 +1,13 @@
 """CAREamics' side of the peer comparison, run by its own venv (see ``common.py`` for the protocol).
 
 Everything goes through CAREamics' public API: ``create_advanced_care_config`` + ``CAREamist``
-(``train`` on arrays, ``predict`` with its default: the whole image, no tiling). Its U-Net has
-3x3 kernels only. Timing uses a Lightning callback; the time budget is Lightning's ``max_time``
-trainer parameter. CAREamics turns early stopping on by default for CARE; it is turned off here
-(an empty ``early_stopping_params``) so that it trains for the whole budget like the others.
+(``train`` on arrays, ``predict`` with its default: the whole image, no tiling). Without tiling its
+``predict`` refuses images whose height or width is not a multiple of its pooling factor (the
+time-lapse sample is 511 pixels high), so test stacks are padded by reflection to a multiple of 16
+and the restoration cropped back (:func:`predict_stack`). Its U-Net has 3x3 kernels only. Timing
+uses a Lightning callback; the time budget is Lightning's ``max_time`` trainer parameter. CAREamics
+turns early stopping on by default for CARE; it is turned off here (an empty
+``early_stopping_params``) so that it trains for the whole budget like the others.
 """
 
 from __future__ import annotations
@@ -118,6 +121,14 @@ class StepCount(lightning.pytorch.Callback):
         self.steps += 1
 
 
+def predict_stack(cam: CAREamist, stack: np.ndarray) -> np.ndarray:
+    """Restore a ``SYX`` stack whole, reflection-padded to a multiple of 16 in Y and X and cropped back."""
+    pad = [(0, 0)] + [(0, -n % 16) for n in stack.shape[1:]]
+    out = np.asarray(cam.predict(np.pad(stack, pad, mode="reflect"), axes="SYX")[0][0])
+    padded = tuple(n + after for n, (_, after) in zip(stack.shape, pad, strict=True))
+    return out.reshape(padded)[:, : stack.shape[1], : stack.shape[2]]
+
+
 def quality(job: dict) -> dict:
     """Train with CAREamics' defaults (early stopping off) for the job's budget, then restore the test stack."""
     low, high = np.load(job["train_low"]), np.load(job["train_high"])
@@ -127,7 +138,7 @@ def quality(job: dict) -> dict:
         counter = StepCount()
         cam = careamist(2, 16, d, [counter], num_epochs=100_000, trainer_params=budget)
         cam.train(train_data=low, train_data_target=high)
-        out = np.asarray(cam.predict(test, axes="SYX")[0][0]).reshape(test.shape)
+        out = predict_stack(cam, test)
     np.save(job["outputs"]["default"], out.astype(np.float32))
     return {"steps": counter.steps}
 
@@ -145,7 +156,7 @@ def quality_n2v(job: dict) -> dict:
                                             seed=1)  # fmt: skip
         cam = CAREamist(config, work_dir=d, callbacks=[counter])
         cam.train(train_data=train)
-        out = np.asarray(cam.predict(test, axes="SYX")[0][0]).reshape(test.shape)
+        out = predict_stack(cam, test)
     np.save(job["outputs"]["default"], out.astype(np.float32))
     return {"steps": counter.steps}
 
