@@ -182,11 +182,20 @@ def speed_key(settings: dict, ndim: int) -> str:
     return json.dumps({k: merged[k] for k in SPEED_FIELDS}, sort_keys=True, default=list)
 
 
+def machine_key() -> str:
+    """The CPU as far as training speed goes: its name (which can be the same for CPU generations
+    of very different speed, e.g. "AMD EPYC"), the widest vector unit PyTorch uses and the
+    precision carekit picks on it."""
+    from carekit.engine import cpu_precision
+
+    return f"{cpu_name()}|{torch.backends.cpu.get_cpu_capability()}|{cpu_precision(None)[0]}"
+
+
 def rate_of(settings: dict, ds: truths.Dataset, pairs, axes: str) -> float:
     """Optimizer steps per second of this network and batch on this CPU, measured once in a real
     20-second training run with the CPU lock held, and cached. Every variant with the same network and
     batch gets the same rate, so equal budgets mean equal optimizer steps."""
-    key = f"{cpu_name()}|{torch.__version__}|{ds.ndim}D|{speed_key(settings, ds.ndim)}"
+    key = f"{machine_key()}|{torch.__version__}|{ds.ndim}D|{speed_key(settings, ds.ndim)}"
     rates = read_json(RATES)
     if key not in rates:
         with cpu_lock(exclusive=True), tempfile.TemporaryDirectory() as d:
