@@ -64,6 +64,16 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def cpu_generation() -> str:
+    """x86's CPU family and model numbers ("23/1" is a first EPYC), or "?" where the OS does not say."""
+    fields = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    return f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}"
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -183,12 +193,13 @@ def speed_key(settings: dict, ndim: int) -> str:
 
 
 def machine_key() -> str:
-    """The CPU as far as training speed goes: its name (which can be the same for CPU generations
-    of very different speed, e.g. "AMD EPYC"), the widest vector unit PyTorch uses and the
-    precision carekit picks on it."""
+    """The CPU as far as training speed goes: its name and generation (a name can cover CPUs of very
+    different speed: "AMD EPYC" from 1.5 to 9.6 steps per second), the widest vector unit PyTorch
+    uses and the precision carekit picks on it."""
     from carekit.engine import cpu_precision
 
-    return f"{cpu_name()}|{torch.backends.cpu.get_cpu_capability()}|{cpu_precision(None)[0]}"
+    capability, precision = torch.backends.cpu.get_cpu_capability(), cpu_precision(None)[0]
+    return f"{cpu_name()}|{cpu_generation()}|{capability}|{precision}"
 
 
 def rate_of(settings: dict, ds: truths.Dataset, pairs, axes: str) -> float:
