@@ -103,7 +103,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         "--precision",
         default=None,
         choices=["auto", "float32", "bfloat16", "float16"],
-        help="auto: bfloat16 where the CPU/GPU supports it, else float32",
+        help="auto: on a CPU, bfloat16 where it computes it natively, else float32; on a GPU, bfloat16 or float16",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
