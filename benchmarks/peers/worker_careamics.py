@@ -123,10 +123,9 @@ class StepCount(lightning.pytorch.Callback):
 
 def predict_stack(cam: CAREamist, stack: np.ndarray) -> np.ndarray:
     """Restore a ``SYX`` stack whole, reflection-padded to a multiple of 16 in Y and X and cropped back."""
-    pad = [(0, 0)] + [(0, -n % 16) for n in stack.shape[1:]]
-    out = np.asarray(cam.predict(np.pad(stack, pad, mode="reflect"), axes="SYX")[0][0])
-    padded = tuple(n + after for n, (_, after) in zip(stack.shape, pad, strict=True))
-    return out.reshape(padded)[:, : stack.shape[1], : stack.shape[2]]
+    padded = np.pad(stack, [(0, 0)] + [(0, -n % 16) for n in stack.shape[1:]], mode="reflect")
+    out = np.asarray(cam.predict(padded, axes="SYX")[0][0]).reshape(padded.shape)
+    return out[:, : stack.shape[1], : stack.shape[2]]
 
 
 def quality(job: dict) -> dict:

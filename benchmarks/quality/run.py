@@ -56,21 +56,23 @@ GAUSS_SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 CALIBRATION_SECONDS = 20.0
 
 
-def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def cpu_generation() -> str:
-    """x86's CPU family and model numbers ("23/1" is a first EPYC), or "?" where the OS does not say."""
-    fields = {}
+def cpuinfo() -> dict[str, str]:
+    """The first value of each field of ``/proc/cpuinfo`` (empty where there is none)."""
+    fields: dict[str, str] = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_name() -> str:
+    return cpuinfo().get("model name") or platform.processor() or "unknown CPU"
+
+
+def cpu_generation() -> str:
+    """x86's CPU family and model numbers ("23/1" is a first EPYC), or "?" where the OS does not say."""
+    fields = cpuinfo()
     return f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}"
 
 

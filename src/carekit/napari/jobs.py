@@ -29,7 +29,7 @@ def run_in_background(call: Callable[[], Any]) -> Any:
     outcome: dict[str, Any] = {}
 
     def body() -> None:
-        if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+        if hasattr(os, "setpriority"):  # Unix only
             with contextlib.suppress(OSError):  # not allowed or not per thread here: run as is
                 nice = os.getpriority(os.PRIO_PROCESS, 0)
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice + BACKGROUND_NICE)
