@@ -34,10 +34,12 @@ from carekit.heap import reuse_freed_memory
 from carekit.io import write_atomic
 from carekit.model import CARE, CURVE, HISTORY, LAST, WEIGHTS, load_weights, save_weights, state_dict_cpu
 from carekit.normalize import IntensityMap
+from carekit.scalefit import fit_scale
 
 HISTORY_COLUMNS = ("epoch", "steps", "seconds", "loss", "val_loss", "lr")
 LOG_INTERVAL = 15.0  # seconds between progress lines where stderr is not a terminal
 DIVERGED = 100.0  # an epoch's validation loss this many times the best one: the run diverged
+SCALE_FIT_BATCHES, SCALE_FIT_SEED = 8, 10**6  # batches for the scale fit where there is no validation split
 
 Batch = tuple  # (inputs, targets) or (inputs, targets, mask): float32 arrays (N, C, *patch); targets may be None
 
@@ -242,6 +244,7 @@ class Trainer:
         self.stopping = stop if stop is not None else threading.Event()
         self.diverged = False  # set when the validation loss exploded: the run ends, keeping the best weights
         self.record: dict | None = None  # what identifies the run (data, settings), kept in the checkpoint
+        self.scale_fit: dict | None = None  # what the scale head's fit after training did (probabilistic networks)
 
     def stop(self) -> None:
         """Ask the run to end after the current step, keeping the best weights (safe from any thread)."""
@@ -389,8 +392,24 @@ class Trainer:
             save_weights(self.dir / WEIGHTS, self.kept)
         training_curve(self.history, self.dir / CURVE)
         load_weights(self.dir / WEIGHTS, self.care.net)
+        if self.config.net.probabilistic:
+            self.fit_scale()
         self.care.weights_changed()
         self.announce("on_finish")
+
+    def fit_scale(self) -> None:
+        """Fit the best weights' scale head to their errors on the validation patches (see
+        :mod:`carekit.scalefit`; without a validation split, on fresh training batches) and save them."""
+        t = self.config.train
+        if self.val is not None:
+            size = t.batch_size
+            batches = [tuple(None if a is None else a[i : i + size] for a in self.val)
+                       for i in range(0, len(self.val[0]), size)]  # fmt: skip
+        else:
+            batches = list(self.sampler.batches([t.seed, SCALE_FIT_SEED], SCALE_FIT_BATCHES, t.batch_size))
+        self.scale_fit = fit_scale(self.care.net, batches, self.engine, seed=t.seed)
+        if self.scale_fit is not None:
+            save_weights(self.dir / WEIGHTS, self.care.net)
 
     # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> None:
