@@ -11,8 +11,11 @@ calibration.
 The head is linear in features the network has already computed, so it can be fitted directly:
 once training ends, the best weights' features and errors on the validation patches (regions the
 network never trained on) are computed once, and the head's few weights minimise the Laplace
-negative log-likelihood of those errors (L-BFGS on standardised features; the rest of the network
-is frozen). The fit is kept only where it scores better than the trained head on the same pixels.
+negative log-likelihood of those errors (L-BFGS on standardised features with a small ridge
+penalty; the rest of the network is frozen). A feature that barely varies on those pixels is
+standardised by a tenth of the median feature's spread rather than its own, so that it cannot take a
+weight that explodes on an image where it does vary; the head runs in float32 for the same reason.
+The fit is kept only where it scores better than the trained head on the same pixels.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from carekit.engine import Engine
 MAX_PIXELS = 300_000  # pixels the fit uses (drawn at random from the validation patches)
 ITERATIONS = 100
 FLOOR = 1e-3  # the head's smallest scale (carekit.nets.unet.SCALE_FLOOR)
+SPREAD_FLOOR = 0.1  # features are standardised by at least this share of the median feature's spread
+RIDGE = 1e-3  # penalty on the standardised weights' squares
 
 
 def head_inputs(net: torch.nn.Module, batches: Iterable[tuple], engine: Engine, seed: int = 0
@@ -78,7 +83,9 @@ def fit_head(features: torch.Tensor, errors: torch.Tensor, weight: torch.Tensor,
     Returns the trained head unchanged where the fit does not score better on these pixels.
     """
     before = float(laplace_nll(features @ weight.T + bias, errors))
-    mu, sigma = features.mean(0), features.std(0).clamp(min=1e-6)
+    mu, sigma = features.mean(0), features.std(0)
+    # features that barely vary on these pixels would take weights that explode on images where they do
+    sigma = sigma.clamp(min=max(SPREAD_FLOOR * float(sigma.median()), 1e-6))
     z = (features - mu) / sigma
     start = torch.log(torch.expm1(errors.mean(0).clamp(min=2 * FLOOR) - FLOOR))  # softplus^-1 of the mean error
     w = torch.zeros_like(weight, requires_grad=True)
@@ -87,7 +94,7 @@ def fit_head(features: torch.Tensor, errors: torch.Tensor, weight: torch.Tensor,
 
     def closure():
         opt.zero_grad()
-        loss = laplace_nll(z @ w.T + b, errors)
+        loss = laplace_nll(z @ w.T + b, errors) + RIDGE * torch.sum(w**2)
         loss.backward()
         return loss
 

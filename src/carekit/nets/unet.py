@@ -294,7 +294,8 @@ class UNet(nn.Module):
             out = out + x
         if self.scale_head is None:
             return out
-        scale = F.softplus(self.scale_head(features.detach()).float()) + SCALE_FLOOR
+        with torch.autocast(x.device.type, enabled=False):  # a fitted head may weigh features heavily: float32
+            scale = F.softplus(self.scale_head(features.detach().float())) + SCALE_FLOOR
         return torch.cat([out.float(), scale], dim=1)
 
     def example_shape(self) -> tuple[int, ...]:
