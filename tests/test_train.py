@@ -119,8 +119,8 @@ def test_default_networks_by_mode():
     assert make_config("ZYX", (1, 1), {"spatial": "YX"}, "isotropic", axial=axial).train.patch_size == (96, 96)
     assert (plain.train.patch_size, plain.train.batch_size) == ((96, 96), 8)
     assert Config(axes="ZYX").train.patch_size == (16, 64, 64)
-    prob = Config(axes="YX", net=NetConfig(probabilistic=True))  # keeps the CARE paper's network
-    assert (prob.net.kernel_size, prob.net.batch_norm, prob.net.residual) == (5, False, True)
+    prob = Config(axes="YX", net=NetConfig(probabilistic=True))  # the same network as a plain model's
+    assert (prob.net.kernel_size, prob.net.batch_norm, prob.net.residual) == (3, None, None)
     assert prob.train.patch_size == (96, 96)
     chosen = Config(axes="YX", net=NetConfig(kernel_size=5, batch_norm=False), train={"batch_size": 4})
     assert (chosen.net.kernel_size, chosen.net.batch_norm, chosen.net.residual, chosen.train.batch_size) == (

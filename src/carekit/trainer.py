@@ -86,6 +86,11 @@ def laplace_nll(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None =
     return mean_over(nll * scale.detach() ** NLL_BETA, mask)
 
 
+def mean_error(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean absolute error of a probabilistic network's mean (``pred = [mean, scale]``)."""
+    return mean_over(torch.abs(pred[:, : y.shape[1]].float() - y), mask)
+
+
 def loss_function(name: str, probabilistic: bool = False) -> Loss:
     """The configured loss: MAE or MSE of the mean, or the Laplace NLL of a probabilistic network."""
     if probabilistic:
@@ -233,6 +238,9 @@ class Trainer:
         t = self.config.train
         self.net = engine.prepare(care.net)
         self.loss = loss or loss_function(t.loss, self.config.net.probabilistic)
+        # a probabilistic network is validated (checkpoint, schedule) by its mean alone, as a plain one:
+        # its scale is fitted after training (see fit_scale), and the NLL would follow the scale
+        self.val_loss = mean_error if loss is None and self.config.net.probabilistic else self.loss
         fused = engine.device.type in ("cpu", "cuda")  # one kernel for all parameters: ~4x faster steps
         self.opt = torch.optim.Adam(self.net.parameters(), lr=t.learning_rate, fused=fused)
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, factor=t.lr_factor, patience=t.lr_patience)
@@ -285,7 +293,7 @@ class Trainer:
                 part = [None if a is None else self.engine.tensor(a[i : i + size]) for a in self.val]
                 with self.engine.autocast():
                     pred = net(part[0])
-                total += float(self.loss(pred, *part[1:])) * len(part[0])
+                total += float(self.val_loss(pred, *part[1:])) * len(part[0])
         self.net.train()
         return total / len(self.val[0])
 
