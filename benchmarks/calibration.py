@@ -18,7 +18,9 @@ the dataset's other test images and applied to the one left out. Reported: cover
 50/80/90/95 % intervals over all left-out pixels, the worst left-out image's 90 % coverage, and
 the 90 % coverage in each decile of predicted intensity (deciles within each image), for the raw
 distributions, the global isotonic calibration and carekit's calibration (conditional on
-predicted intensity). ``--cross`` also applies each dataset's model, calibrated on
+predicted intensity). A second table splits every test image instead: calibrated on the first
+halves (along y) of all test images and tested on their second halves, and the other way round.
+``--cross`` also applies each dataset's model, calibrated on
 all its test images, to the other datasets' test images (restoration and calibration both out of
 their domain).
 
@@ -175,6 +177,26 @@ def held_out(images: list[dict]) -> dict:
     return out
 
 
+def split_halves(images: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Every image's first and second half along its first axis (deciles stay those of the whole image)."""
+    first, second = [], []
+    for c in pits(images):
+        cut = c["pit"].shape[0] // 2
+        first.append({k: v[:cut] for k, v in c.items()})
+        second.append({k: v[cut:] for k, v in c.items()})
+    return first, second
+
+
+def within(images: list[dict]) -> dict:
+    """Calibrate on one half of every test image, test on the other halves, both ways; every method."""
+    first, second = split_halves(images)
+    out = {}
+    for method in METHODS:
+        tested = [(c, fit(method, second)) for c in first] + [(c, fit(method, first)) for c in second]
+        out[method] = score(tested)
+    return out
+
+
 def transferred(source: list[dict], others: dict[str, list[dict]]) -> dict:
     """``source``'s calibrations (fitted on all its test images) applied to other datasets' images."""
     calib = pits(source)
@@ -201,18 +223,20 @@ def row_cells(r: dict) -> str:
     return f"{cover} | {100 * worst_image:.1f} | {100 * worst_decile(r):.1f}"
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], protocol: str = "held_out") -> str:
+    """``protocol``: ``held_out`` (leave one test image out) or ``halves`` (one half of every image calibrates)."""
     lines = ["| dataset | photons | calibration | 50 / 80 / 90 / 95 % intervals | worst image, 90 % | "
              "worst intensity decile, 90 % |", "|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [r for r in rows if protocol in r]
     for r in rows:
         for m in METHODS:
-            lines.append(f"| {r['dataset']} | {r['photons']:g} | {m} | {row_cells(r['held_out'][m])} |")
+            lines.append(f"| {r['dataset']} | {r['photons']:g} | {m} | {row_cells(r[protocol][m])} |")
     for photons in sorted({r["photons"] for r in rows}):
         group = [r for r in rows if r["photons"] == photons]
         for m in ("global", "conditional"):
-            worst = max(group, key=lambda r: abs(worst_decile(r["held_out"][m]) - 0.9))
+            worst = max(group, key=lambda r: abs(worst_decile(r[protocol][m]) - 0.9))
             lines.append(f"| **worst of {len(group)}** ({worst['dataset']}) | {photons:g} | {m} | "
-                         f"{row_cells(worst['held_out'][m])} |")  # fmt: skip
+                         f"{row_cells(worst[protocol][m])} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -247,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     out = RESULTS / f"calibration{'-' + a.name if a.name else ''}.json"
     if a.report:
         rows = read_json(out)["rows"]
-        print(table(rows) + "\n\n" + cross_table(rows))
+        print(table(rows) + "\n\n" + table(rows, "halves") + "\n\n" + cross_table(rows))
         return
     import torch
 
@@ -258,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in names:
             pixels = int(sum(p["truth"].size for p in images[name]))
             row = {"dataset": name, "photons": photons, "held_out": held_out(images[name]),
-                   "test_images": len(images[name]), "pixels": pixels}  # fmt: skip
+                   "halves": within(images[name]), "test_images": len(images[name]), "pixels": pixels}  # fmt: skip
             if a.cross:
                 row["cross"] = transferred(images[name], {t: cross(name, t, photons, a) for t in names if t != name})
             rows.append(row)
@@ -267,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"cpu": cpu_name(), "torch": torch.__version__, "carekit": carekit.__version__,
             "args": {k: str(v) for k, v in vars(a).items()}}  # fmt: skip
     write_json(out, {**meta, "rows": rows})
-    print(table(rows) + ("\n\n" + cross_table(rows) if a.cross else ""))
+    print(table(rows) + "\n\n" + table(rows, "halves") + ("\n\n" + cross_table(rows) if a.cross else ""))
 
 
 if __name__ == "__main__":
