@@ -20,7 +20,7 @@ The fit is kept only where it scores better than the trained head on the same pi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -28,21 +28,24 @@ import torch.nn.functional as F
 
 from carekit.engine import Engine
 
-MAX_PIXELS = 300_000  # pixels the fit uses (drawn at random from the validation patches)
+MAX_PIXELS = 300_000  # pixels the fit uses at most (drawn at random from the validation patches)
 ITERATIONS = 100
 FLOOR = 1e-3  # the head's smallest scale (carekit.nets.unet.SCALE_FLOOR)
 SPREAD_FLOOR = 0.1  # features are standardised by at least this share of the median feature's spread
 RIDGE = 1e-3  # penalty on the standardised weights' squares
 
 
-def head_inputs(net: torch.nn.Module, batches: Iterable[tuple], engine: Engine, seed: int = 0
+def head_inputs(net: torch.nn.Module, batches: Sequence[tuple], engine: Engine, seed: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Features ``(P, F)`` and absolute errors of the mean ``(P, C)`` of pixels of ``batches``.
 
-    ``batches`` are ``(inputs, targets[, mask])`` arrays; only pixels the mask marks count.
+    ``batches`` are ``(inputs, targets[, mask])`` arrays; only pixels the mask marks count. Each
+    batch gives at most its share of :data:`MAX_PIXELS`, drawn at random, so 3D patches stay small.
     """
     captured: list[torch.Tensor] = []
     hook = net.scale_head.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
+    rng = np.random.default_rng(seed)
+    share = -(-MAX_PIXELS // max(len(batches), 1))
     feats, errors = [], []
     was_training = net.training
     net.eval()
@@ -58,16 +61,15 @@ def head_inputs(net: torch.nn.Module, batches: Iterable[tuple], engine: Engine, 
                 if rest and rest[0] is not None:
                     keep = engine.tensor(rest[0]).movedim(1, -1).reshape(-1, rest[0].shape[1]).amax(1) > 0
                     f, e = f[keep], e[keep]
+                if len(f) > share:
+                    pick = torch.from_numpy(rng.choice(len(f), share, replace=False)).to(f.device)
+                    f, e = f[pick], e[pick]
                 feats.append(f.cpu())
                 errors.append(e.cpu())
     finally:
         hook.remove()
         net.train(was_training)
-    f, e = torch.cat(feats), torch.cat(errors)
-    if len(f) > MAX_PIXELS:
-        pick = torch.from_numpy(np.random.default_rng(seed).choice(len(f), MAX_PIXELS, replace=False))
-        f, e = f[pick], e[pick]
-    return f.double(), e.double()
+    return torch.cat(feats).double(), torch.cat(errors).double()
 
 
 def laplace_nll(z: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
@@ -107,7 +109,7 @@ def fit_head(features: torch.Tensor, errors: torch.Tensor, weight: torch.Tensor,
     return fitted_w, fitted_b, before, after
 
 
-def fit_scale(net: torch.nn.Module, batches: Iterable[tuple], engine: Engine, seed: int = 0) -> dict | None:
+def fit_scale(net: torch.nn.Module, batches: Sequence[tuple], engine: Engine, seed: int = 0) -> dict | None:
     """Fit ``net``'s scale head in place to its errors on ``batches``; returns what it did (None: no head)."""
     head = getattr(net, "scale_head", None)
     if head is None:
