@@ -297,7 +297,8 @@ def run_calibrate(a: argparse.Namespace) -> None:
         if deciles:
             print(f"90 % interval by intensity decile, {label}: " + " ".join(f"{c:.0%}" for c in deciles[0.9]))
     if held:
-        print(f"held out: calibrated on one half of the {held['split']}, measured on the other, both ways")
+        what = "of the image (split along its first axis)" if held["split"] == "halves" else "of the images"
+        print(f"held out: calibrated on one half {what}, measured on the other, both ways")
     print(f"ECE {report['ece_before']:.3f} -> {report['ece_after']:.3f} ({report['pixels']:,} pixels, "
           f"{report['bins']} intensity bins); calibration stored in {a.model}")  # fmt: skip
     print(f"reliability diagram: {Path(a.model) / 'reliability.png'}")
