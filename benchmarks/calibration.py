@@ -254,6 +254,11 @@ def cross_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def report(rows: list[dict], cross: bool = True) -> str:
+    """Both protocols' tables, and the cross-dataset one where it was measured."""
+    return table(rows) + "\n\n" + table(rows, "halves") + ("\n\n" + cross_table(rows) if cross else "")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=",".join(DATASETS))
@@ -271,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     out = RESULTS / f"calibration{'-' + a.name if a.name else ''}.json"
     if a.report:
         rows = read_json(out)["rows"]
-        print(table(rows) + "\n\n" + table(rows, "halves") + "\n\n" + cross_table(rows))
+        print(report(rows))
         return
     import torch
 
@@ -291,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"cpu": cpu_name(), "torch": torch.__version__, "carekit": carekit.__version__,
             "args": {k: str(v) for k, v in vars(a).items()}}  # fmt: skip
     write_json(out, {**meta, "rows": rows})
-    print(table(rows) + "\n\n" + table(rows, "halves") + ("\n\n" + cross_table(rows) if a.cross else ""))
+    print(report(rows, a.cross))
 
 
 if __name__ == "__main__":

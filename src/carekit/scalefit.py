@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from carekit.engine import Engine
+from carekit.nets.unet import SCALE_FLOOR as FLOOR  # the head's smallest scale
 
 MAX_PIXELS = 300_000  # pixels the fit uses at most (drawn at random from the validation patches)
 ITERATIONS = 100
-FLOOR = 1e-3  # the head's smallest scale (carekit.nets.unet.SCALE_FLOOR)
 SPREAD_FLOOR = 0.1  # features are standardised by at least this share of the median feature's spread
 RIDGE = 1e-3  # penalty on the standardised weights' squares
 

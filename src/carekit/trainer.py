@@ -87,7 +87,8 @@ def laplace_nll(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None =
 
 
 def mean_error(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean absolute error of a probabilistic network's mean (``pred = [mean, scale]``)."""
+    """Mean absolute error of the mean: the whole output, or a probabilistic network's first channels
+    (``pred = [mean, scale]``)."""
     return mean_over(torch.abs(pred[:, : y.shape[1]].float() - y), mask)
 
 
@@ -97,7 +98,7 @@ def loss_function(name: str, probabilistic: bool = False) -> Loss:
         return laplace_nll
     if name == "mse":
         return lambda pred, y, mask=None: mean_over((pred.float() - y) ** 2, mask)
-    return lambda pred, y, mask=None: mean_over(torch.abs(pred.float() - y), mask)
+    return mean_error
 
 
 class Callback:
@@ -252,7 +253,6 @@ class Trainer:
         self.stopping = stop if stop is not None else threading.Event()
         self.diverged = False  # set when the validation loss exploded: the run ends, keeping the best weights
         self.record: dict | None = None  # what identifies the run (data, settings), kept in the checkpoint
-        self.scale_fit: dict | None = None  # what the scale head's fit after training did (probabilistic networks)
 
     def stop(self) -> None:
         """Ask the run to end after the current step, keeping the best weights (safe from any thread)."""
@@ -283,14 +283,21 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
 
+    def val_batches(self) -> list[tuple]:
+        """The validation patches in batches of the training batch size (arrays; None where absent)."""
+        size = self.config.train.batch_size
+        return [
+            tuple(None if a is None else a[i : i + size] for a in self.val) for i in range(0, len(self.val[0]), size)
+        ]
+
     def validate(self) -> float:
         if self.val is None:
             return math.nan
-        net, size, total = self.kept, self.config.train.batch_size, 0.0
+        net, total = self.kept, 0.0
         net.eval()
         with torch.inference_mode():
-            for i in range(0, len(self.val[0]), size):
-                part = [None if a is None else self.engine.tensor(a[i : i + size]) for a in self.val]
+            for arrays in self.val_batches():
+                part = [None if a is None else self.engine.tensor(a) for a in arrays]
                 with self.engine.autocast():
                     pred = net(part[0])
                 total += float(self.val_loss(pred, *part[1:])) * len(part[0])
@@ -410,13 +417,10 @@ class Trainer:
         :mod:`carekit.scalefit`; without a validation split, on fresh training batches) and save them."""
         t = self.config.train
         if self.val is not None:
-            size = t.batch_size
-            batches = [tuple(None if a is None else a[i : i + size] for a in self.val)
-                       for i in range(0, len(self.val[0]), size)]  # fmt: skip
+            batches = self.val_batches()
         else:
             batches = list(self.sampler.batches([t.seed, SCALE_FIT_SEED], SCALE_FIT_BATCHES, t.batch_size))
-        self.scale_fit = fit_scale(self.care.net, batches, self.engine, seed=t.seed)
-        if self.scale_fit is not None:
+        if fit_scale(self.care.net, batches, self.engine, seed=t.seed) is not None:
             save_weights(self.dir / WEIGHTS, self.care.net)
 
     # -- checkpoints ----------------------------------------------------------------------
