@@ -98,9 +98,12 @@ def test_large_inputs_leave_less_for_windows(monkeypatch):
 
     monkeypatch.setattr(predict, "auto_tiles", record)
     cpu = choose_engine("cpu", "float32")
+    first = []  # the memory budget (later calls split 2D windows further for the cache)
     for shape in ((1, 1, 64, 64), (1, 1, 4096, 4096)):
+        budgets.clear()
         predict_tiled(lambda t: t, np.zeros(shape, np.float32), cpu, grid=(4, 4), halo=(0, 0), bytes_per_voxel=1)
-    assert budgets == [CPU_MAX_MEMORY - 2 * 64 * 64 * 4, CPU_MAX_MEMORY - 2 * 4096 * 4096 * 4]
+        first.append(budgets[0])
+    assert first == [CPU_MAX_MEMORY - 2 * 64 * 64 * 4, CPU_MAX_MEMORY - 2 * 4096 * 4096 * 4]
 
 
 def limits(folder, limit, used, version="v2"):
@@ -156,3 +159,31 @@ def test_test_time_augmentation_averages_the_dihedral_views():
     flipped = [np.fliplr(np.rot90(model.predict(np.ascontiguousarray(np.rot90(np.fliplr(img), k)), "YX",
                                                 precision="float32"), -k)) for k in range(4)]  # fmt: skip
     np.testing.assert_allclose(averaged, np.mean(views + flipped, axis=0), rtol=1e-5, atol=1e-3)
+
+
+def test_large_2d_windows_on_cpu_are_cut_to_cache_size_at_a_bounded_halo_cost():
+    halo, grid = (32, 32), (4, 4)
+    n = predict.cache_tiles((2048, 2048), halo, grid, (1, 1))
+    windows = predict.window_sizes((2048, 2048), halo, grid, n)
+    assert np.prod(windows) <= predict.CPU_LARGE and n != (1, 1)
+    assert predict.recomputed((2048, 2048), halo, grid, n) <= predict.CPU_OVERHEAD
+    assert predict.cache_tiles((512, 512), halo, grid, (1, 1)) == (1, 1)  # small images stay whole
+    # a wide halo stops the cut early: its windows would recompute too much
+    wide = predict.cache_tiles((2048, 2048), (52, 52), grid, (1, 1))
+    assert np.prod(predict.window_sizes((2048, 2048), (52, 52), grid, wide)) > np.prod(windows)
+
+
+def test_cpu_prediction_runs_large_2d_images_in_cache_sized_windows_and_volumes_by_memory(monkeypatch):
+    seen = []
+
+    def forward(t):
+        seen.append(tuple(t.shape))
+        return t
+
+    cpu = choose_engine("cpu", "float32")
+    predict_tiled(forward, np.zeros((1, 1, 2048, 2048), np.float32), cpu, grid=(4, 4), halo=(32, 32), bytes_per_voxel=8)
+    assert len(seen) > 1 and all(s[0] * s[2] * s[3] <= predict.CPU_LARGE for s in seen)
+    seen.clear()
+    predict_tiled(forward, np.zeros((1, 1, 32, 256, 256), np.float32), cpu, grid=(4, 4, 4), halo=(32, 32, 32),
+                  bytes_per_voxel=8)  # fmt: skip
+    assert seen == [(1, 1, 32, 256, 256)]  # one window: the memory budget holds it

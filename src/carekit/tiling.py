@@ -30,6 +30,16 @@ CPU_MAX_MEMORY = 5 * 2**30  # ... up to this many bytes
 GPU_SHARE = 0.25  # on CUDA: this share of the GPU's free memory ...
 GPU_MAX_MEMORY = 8 * 2**30  # ... up to this many bytes
 MAX_BATCH = 16
+# On CPU, 2D windows of more than CPU_LARGE pixels are cut down towards CPU_WINDOW pixels while the
+# halos they recompute add at most CPU_OVERHEAD to the work: a window's feature maps then stay in
+# cache. The default 2D network restored 2048x2048 at 1.7-3.1 Mpx/s in one window and 4.3-4.6 in
+# 4x4 to 6x6 windows (2-core Xeon, bfloat16), 1024x1024 at 3.3 and 4.2-4.4, while 512x512 was faster
+# whole (5.2) than in 2x2 windows (3.7). Its kernel-5 variant (wider halo) gained nothing from
+# smaller windows, and a 3D network loses more to halos in three axes than cache gives back, so
+# volumes keep the memory rule.
+CPU_LARGE = 640 * 640
+CPU_WINDOW = 400 * 400
+CPU_OVERHEAD = 1.5
 # How long work reports its progress: a tqdm bar (True), nothing (False), or a callable told
 # ``(done, total)`` after each unit (a GUI's progress bar; it may raise to cancel the work).
 Progress = bool | Callable[[int, int], None]
@@ -108,6 +118,34 @@ def auto_tiles(shape: tuple[int, ...], halo: tuple[int, ...], grid: tuple[int, .
     return tuple(n)
 
 
+def window_sizes(shape: tuple[int, ...], halo: tuple[int, ...], grid: tuple[int, ...], n_tiles: tuple) -> tuple:
+    """The largest window per axis for ``n_tiles``."""
+    axes = zip(shape, n_tiles, halo, grid, strict=True)
+    return tuple(max(sp.length for sp in spans(s, k, h, g)) for s, k, h, g in axes)
+
+
+def recomputed(shape: tuple[int, ...], halo: tuple[int, ...], grid: tuple[int, ...], n_tiles: tuple) -> float:
+    """Voxels run through the network for ``n_tiles``, relative to the image's."""
+    axes = zip(shape, n_tiles, halo, grid, strict=True)
+    total = math.prod(sum(sp.length for sp in spans(s, k, h, g)) for s, k, h, g in axes)
+    return total / math.prod(shape)
+
+
+def cache_tiles(shape: tuple[int, ...], halo: tuple[int, ...], grid: tuple[int, ...], n_tiles: tuple) -> tuple:
+    """``n_tiles`` split further while windows exceed :data:`CPU_WINDOW` pixels and the halos add
+    at most :data:`CPU_OVERHEAD` to the work (2D prediction on CPU); windows of at most
+    :data:`CPU_LARGE` pixels stay whole."""
+    if math.prod(window_sizes(shape, halo, grid, n_tiles)) <= CPU_LARGE:
+        return n_tiles
+    while (voxels := math.prod(window_sizes(shape, halo, grid, n_tiles))) > CPU_WINDOW:
+        finer = auto_tiles(shape, halo, grid, voxels - 1)
+        finer = tuple(max(a, b) for a, b in zip(finer, n_tiles, strict=True))
+        if finer == n_tiles or recomputed(shape, halo, grid, finer) > CPU_OVERHEAD:
+            break
+        n_tiles = finer
+    return n_tiles
+
+
 class Ticks:
     """Counts the units of a piece of work for a :data:`Progress`: a tqdm bar from ``least`` units on, or
     the callable after every unit. A context manager that closes the bar."""
@@ -165,13 +203,18 @@ def predict_tiled(forward: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray
     size = padded.shape[padded.ndim - len(grid) :]
     whole = (slice(None),) * (padded.ndim - 2 - len(grid))
     budget = memory or default_memory(engine, host_arrays=2 * padded.nbytes)  # padded input, output
+    in_cache = engine.device.type == "cpu" and len(grid) == 2 and not whole  # see CPU_WINDOW
     if n_tiles is None:
         n_tiles = auto_tiles(size, halo, grid, max(1, budget // bytes_per_voxel))
+        if in_cache:
+            n_tiles = cache_tiles(size, halo, grid, n_tiles)
     check_tiles(n_tiles, size)
     axis_spans = [spans(s, k, h, g) for s, k, h, g in zip(size, n_tiles, halo, grid, strict=True)]
     jobs = [(i, combo) for i in range(padded.shape[0]) for combo in itertools.product(*axis_spans)]
     window_voxels = math.prod(sp.length for sp in jobs[0][1])
     per_batch = int(max(1, min(MAX_BATCH, budget // (window_voxels * bytes_per_voxel))))
+    if in_cache:  # small windows batched up to a cache-sized pass, large ones one at a time
+        per_batch = max(1, min(per_batch, CPU_WINDOW // window_voxels))
     out = None
     batches = range(0, len(jobs), per_batch)
     with torch.inference_mode(), Ticks(len(batches), progress, "predict", "batch", least=2) as ticks:

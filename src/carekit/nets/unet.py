@@ -32,6 +32,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from carekit.nets import fused
+
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 CONV_F = {2: F.conv2d, 3: F.conv3d}
 POOL = {2: F.max_pool2d, 3: F.max_pool3d}
@@ -129,12 +131,9 @@ class PhaseAdd(torch.autograd.Function):
     def forward(ctx, skip_part, phases, pool, delta):
         spec = phase_view(phases, skip_part.shape, pool, delta)
         ctx.spec, ctx.pool = (phases.shape, phases.stride(), phases.dtype, phases.device, *spec), pool
-        out = torch.empty_like(skip_part, dtype=torch.promote_types(skip_part.dtype, phases.dtype))
-        dst, src = phase_split(out, pool), phases.as_strided(*spec)
+        dtype = torch.promote_types(skip_part.dtype, phases.dtype)
+        out = interleave(phases, skip_part.shape, dtype, layout_of(skip_part), pool, delta)
         # one copy per phase, then a dense add: ~3x faster than one add over the strided view
-        for phase in itertools.product(*(range(p) for p in pool)):
-            index = (slice(None), *itertools.chain.from_iterable((slice(None), a) for a in phase))
-            dst[index].copy_(src[index])
         return out.add_(skip_part)
 
     @staticmethod
@@ -143,6 +142,23 @@ class PhaseAdd(torch.autograd.Function):
         grad_phases = torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_()
         grad_phases.as_strided(size, view_stride, offset).copy_(phase_split(grad, ctx.pool))
         return grad, grad_phases, None, None
+
+
+def interleave(phases: torch.Tensor, shape, dtype: torch.dtype, layout: torch.memory_format, pool,
+               delta) -> torch.Tensor:  # fmt: skip
+    """The phase convolution's output at full resolution ``shape``, in ``dtype`` and ``layout``."""
+    out = torch.empty(shape, dtype=dtype, device=phases.device, memory_format=layout)
+    dst, src = phase_split(out, pool), phases.as_strided(*phase_view(phases, shape, pool, delta))
+    for phase in itertools.product(*(range(p) for p in pool)):
+        index = (slice(None), *itertools.chain.from_iterable((slice(None), a) for a in phase))
+        dst[index].copy_(src[index])
+    return out
+
+
+def layout_of(t: torch.Tensor) -> torch.memory_format:
+    """``t``'s memory layout: channels-last where it is stored so, else contiguous."""
+    layout = torch.channels_last_3d if t.ndim == 5 else torch.channels_last
+    return layout if t.ndim in (4, 5) and t.is_contiguous(memory_format=layout) else torch.contiguous_format
 
 
 def phase_view(phases: torch.Tensor, out_shape, pool, delta) -> tuple:
@@ -157,9 +173,11 @@ def phase_view(phases: torch.Tensor, out_shape, pool, delta) -> tuple:
     return (*size, n_out), (*stride, s_c), phases.storage_offset()
 
 
-def upsample_concat_conv(h: torch.Tensor, skip: torch.Tensor | None, conv: nn.Module, pool, plans) -> torch.Tensor:
+def upsample_concat_conv(h: torch.Tensor, skip: torch.Tensor | None, conv: nn.Module, pool, plans,
+                         relu: bool = False) -> torch.Tensor:  # fmt: skip
     """``conv(cat([nearest_upsample(h, pool), skip]))`` (``conv(nearest_upsample(h, pool))`` without a
-    skip), with the upsampled half run at low resolution."""
+    skip), with the upsampled half run at low resolution; ``relu``: followed by a ReLU, fused with
+    the skip half's convolution and the sum (inference on CPU, :mod:`carekit.nets.fused`)."""
     ndim, n_up = h.ndim - 2, h.shape[1]
     w = conv.weight
     with torch.autocast(h.device.type, enabled=False):
@@ -174,14 +192,20 @@ def upsample_concat_conv(h: torch.Tensor, skip: torch.Tensor | None, conv: nn.Mo
         layout = torch.contiguous_format
     kernel = kernel.contiguous(memory_format=layout)
     phases = CONV_F[ndim](h, kernel, padding=tuple(pad for _, pad, _ in plans))
+    deltas = tuple(delta for _, _, delta in plans)
     if skip is None:  # the bias alone, at full resolution
         shape = (h.shape[0], w.shape[0], *(s * p for s, p in zip(h.shape[2:], pool, strict=True)))
         bias = conv.bias if conv.bias is not None else w.new_zeros(w.shape[0])
         skip_part = bias.to(phases.dtype).reshape(1, -1, *(1,) * ndim).expand(shape).contiguous(memory_format=layout)
     else:
         skip_w = w[:, n_up:].contiguous(memory_format=layout)
+        if relu:
+            shape = (skip.shape[0], w.shape[0], *skip.shape[2:])
+            sum_up = interleave(phases, shape, phases.dtype, layout, pool, deltas)
+            return fused.conv_relu(skip, conv, other=sum_up, weight=skip_w)
         skip_part = CONV_F[ndim](skip, skip_w, conv.bias, padding=conv.padding)
-    return PhaseAdd.apply(skip_part, phases, pool, tuple(delta for _, _, delta in plans))
+    out = PhaseAdd.apply(skip_part, phases, pool, deltas)
+    return out.relu_() if relu else out
 
 
 class UNet(nn.Module):
@@ -265,26 +289,32 @@ class UNet(nn.Module):
         # a tracer (TorchScript, ONNX) records only part of the phase convolution's custom autograd
         # function, so traces take the plain operators: same weights, same outputs
         phase = self.phase_upsampling and not torch.jit.is_tracing()
+        fuse = phase and fused.applies(x)  # prediction on CPU: convolutions fused with their ReLUs
+        run = fused.run_block if fuse else lambda block, t: block(t)
         skips = []
         h = x
         for block in self.down:
-            h = block(h)
+            h = run(block, h)
             skips.append(h)
             if self.blur_pool:
                 h = blur_pool(h, self.pool)
             else:
                 h = max_pool(h, self.pool) if phase else POOL[self.ndim](h, self.pool)
-        h = self.bottom(h)
+        h = run(self.bottom, h)
         if not self.top_skip:
             skips[0] = None
         for block, skip in zip(self.up, reversed(skips), strict=True):
             if skip is None:  # the top level without its skip: linear upsampling (see the class)
-                h = block(F.interpolate(h, scale_factor=self.pool, mode=LINEAR[self.ndim], align_corners=False))
+                h = run(block, F.interpolate(h, scale_factor=self.pool, mode=LINEAR[self.ndim], align_corners=False))
             elif phase and self.phase_plans is not None:
-                h = block[1:](upsample_concat_conv(h, skip, block[0], self.pool, self.phase_plans))
+                rest = fused.after_relu(block) if fuse else None  # the block after its first ReLU
+                if rest is not None:
+                    h = run(rest, upsample_concat_conv(h, skip, block[0], self.pool, self.phase_plans, relu=True))
+                else:
+                    h = run(block[1:], upsample_concat_conv(h, skip, block[0], self.pool, self.phase_plans))
             else:
                 h = F.interpolate(h, scale_factor=self.pool, mode="nearest")
-                h = block(h if skip is None else torch.cat([h, skip], dim=1))
+                h = run(block, h if skip is None else torch.cat([h, skip], dim=1))
         return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
