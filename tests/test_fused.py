@@ -80,3 +80,14 @@ def test_training_and_tracing_keep_the_plain_operators(monkeypatch):
     with torch.no_grad():
         torch.jit.trace(net.eval(), x, check_trace=False)
     assert calls[0] == 0
+
+
+def test_a_sum_onednn_cannot_fuse_in_bfloat16_falls_back_to_separate_operators():
+    conv = torch.nn.Conv2d(1, 4, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 1, 8, 8).contiguous(memory_format=torch.channels_last)
+    other = torch.randn(1, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want = (conv(x) + other).relu()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = fused.conv_relu(x, conv, other=other)
+    torch.testing.assert_close(got.float(), want, rtol=0.02, atol=0.05)

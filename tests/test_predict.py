@@ -173,17 +173,21 @@ def test_large_2d_windows_on_cpu_are_cut_to_cache_size_at_a_bounded_halo_cost():
     assert np.prod(predict.window_sizes((2048, 2048), (52, 52), grid, wide)) > np.prod(windows)
 
 
-def test_cpu_prediction_runs_large_2d_images_in_cache_sized_windows_and_volumes_by_memory(monkeypatch):
+def test_bfloat16_prediction_on_cpu_runs_large_2d_images_in_cache_sized_windows_and_the_rest_by_memory():
     seen = []
 
     def forward(t):
         seen.append(tuple(t.shape))
         return t
 
-    cpu = choose_engine("cpu", "float32")
-    predict_tiled(forward, np.zeros((1, 1, 2048, 2048), np.float32), cpu, grid=(4, 4), halo=(32, 32), bytes_per_voxel=8)
+    bf16, f32 = Engine(torch.device("cpu"), "bfloat16"), Engine(torch.device("cpu"), "float32")
+    image = np.zeros((1, 1, 2048, 2048), np.float32)
+    predict_tiled(forward, image, bf16, grid=(4, 4), halo=(32, 32), bytes_per_voxel=8)
     assert len(seen) > 1 and all(s[0] * s[2] * s[3] <= predict.CPU_LARGE for s in seen)
     seen.clear()
-    predict_tiled(forward, np.zeros((1, 1, 32, 256, 256), np.float32), cpu, grid=(4, 4, 4), halo=(32, 32, 32),
+    predict_tiled(forward, image, f32, grid=(4, 4), halo=(32, 32), bytes_per_voxel=8)
+    assert seen == [(1, 1, 2048, 2048)]  # float32: one window, the memory budget holds it
+    seen.clear()
+    predict_tiled(forward, np.zeros((1, 1, 32, 256, 256), np.float32), bf16, grid=(4, 4, 4), halo=(32, 32, 32),
                   bytes_per_voxel=8)  # fmt: skip
-    assert seen == [(1, 1, 32, 256, 256)]  # one window: the memory budget holds it
+    assert seen == [(1, 1, 32, 256, 256)]  # a volume: one window too

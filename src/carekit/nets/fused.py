@@ -74,7 +74,10 @@ def conv_relu(x: torch.Tensor, conv: nn.Module, other: torch.Tensor | None = Non
     op = torch.ops.mkldnn._convolution_pointwise
     if other is None:
         return op(x, w, b, *args, "relu", [], "")
-    return op.binary(x, other.to(dtype), w, b, *args, "add", 1.0, "relu", [], "")
+    try:
+        return op.binary(x, other.to(dtype), w, b, *args, "add", 1.0, "relu", [], "")
+    except RuntimeError:  # shapes oneDNN cannot fuse fall back to an operator missing for bfloat16
+        return op(x, w, b, *args, "none", [], "").add_(other).relu_()
 
 
 def run_block(block: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
