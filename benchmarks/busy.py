@@ -90,6 +90,7 @@ def run_case(task: str, steps: int, spin_after: float | None, env: dict) -> dict
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--tasks", default="train,predict", help="comma list: train, predict (default both)")
     ap.add_argument("--name", default="busy")
     ap.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE", help="environment of every case")
     a = ap.parse_args()
@@ -107,6 +108,8 @@ def main() -> None:
         ("predict", "busy from the start, fixed 2 threads", 0.0, {"CAREKIT_THREADS": "2"}),
         ("predict", "busy from the start, fixed 1 thread", 0.0, {"CAREKIT_THREADS": "1"}),
     ]
+    tasks = set(a.tasks.split(","))
+    cases = [c for c in cases if c[0] in tasks]
     rows = []
     with cpu_lock(exclusive=True):
         for task, label, spin_after, env in cases:

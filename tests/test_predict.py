@@ -191,3 +191,43 @@ def test_bfloat16_prediction_on_cpu_runs_large_2d_images_in_cache_sized_windows_
     predict_tiled(forward, np.zeros((1, 1, 32, 256, 256), np.float32), bf16, grid=(4, 4, 4), halo=(32, 32, 32),
                   bytes_per_voxel=8)  # fmt: skip
     assert seen == [(1, 1, 32, 256, 256)]  # a volume: one window too
+
+
+def test_windows_run_by_several_workers_come_back_in_order_and_restore_the_threads():
+    before = torch.get_num_threads()
+    ran = []
+
+    def run(chunk):
+        ran.append((chunk[0], torch.get_num_threads()))
+        return np.full((1,), chunk[0], np.float32)
+
+    chunks = [[k] for k in range(9)]
+    got = list(predict.window_results(run, chunks, workers=2))
+    assert [c for c, _ in got] == chunks and [float(r[0]) for _, r in got] == list(range(9))
+    assert all(n == 1 for _, n in ran)  # each worker with a single torch thread
+    assert torch.get_num_threads() == before
+
+
+def test_a_cancelled_prediction_stops_its_workers():
+    started = []
+
+    def run(chunk):
+        started.append(chunk[0])
+        return np.zeros(1, np.float32)
+
+    results = predict.window_results(run, [[k] for k in range(50)], workers=2)
+    next(results)
+    results.close()  # what a progress callback that raises does to the loop over the results
+    assert len(started) <= 5  # the windows ahead of the workers, not all fifty
+
+
+def test_bfloat16_windows_on_several_workers_equal_one_worker(monkeypatch):
+    torch.manual_seed(0)
+    net = UNet(2, 1, 1, n_first=8, kernel_size=3).eval()
+    x = np.random.default_rng(0).random((1, 1, 1024, 1024)).astype(np.float32)
+    bf16 = Engine(torch.device("cpu"), "bfloat16")
+    kwargs = dict(grid=net.divisor(), halo=net.halo(), bytes_per_voxel=net.bytes_per_voxel())
+    pooled = predict_tiled(net, x, bf16, **kwargs)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    single = predict_tiled(net, x, bf16, **kwargs)
+    assert np.abs(pooled - single).max() < 1e-3  # same windows, same places (bfloat16 rounding aside)

@@ -1,10 +1,8 @@
 """Where and in which precision networks run.
 
 Precision follows what runs fastest here, not what a library calls "supported": on CUDA,
-bfloat16 (or float16 where bfloat16 is missing) autocast; on a CPU, bfloat16 autocast only where
-the CPU computes bfloat16 natively (AVX-512 BF16 or AMX), and a channels-last layout in either
-precision (float32 in channels-last trained the default 2D network 1.3x and restored 1.4x faster
-than in the contiguous layout on a 2-core Xeon; 3D alike).
+bfloat16 (or float16 where bfloat16 is missing) autocast; on a CPU, bfloat16 autocast in
+channels-last layout only where the CPU computes bfloat16 natively (AVX-512 BF16 or AMX).
 oneDNN emulates bfloat16 on other AVX-512 CPUs, which made the default 2D training step 1.8x
 slower than float32 on an Ice Lake Xeon. Where the CPU's flags do not settle it (no
 ``/proc/cpuinfo``, Arm), a short measurement of the network itself in both precisions decides,
@@ -122,7 +120,7 @@ class Engine:
 
     @property
     def channels_last(self) -> bool:
-        return self.device.type in ("cpu", "cuda")
+        return self.precision != "float32" or self.device.type == "cuda"
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The precision context of a forward pass (float32: :meth:`exact`)."""
