@@ -138,14 +138,15 @@ def cache_tiles(shape: tuple[int, ...], halo: tuple[int, ...], grid: tuple[int, 
     """``n_tiles`` split further while windows exceed :data:`CPU_WINDOW` pixels and the halos add
     at most :data:`CPU_OVERHEAD` to the work (2D prediction on CPU); windows of at most
     :data:`CPU_LARGE` pixels stay whole."""
-    if math.prod(window_sizes(shape, halo, grid, n_tiles)) <= CPU_LARGE:
+    voxels = math.prod(window_sizes(shape, halo, grid, n_tiles))
+    if voxels <= CPU_LARGE:
         return n_tiles
-    while (voxels := math.prod(window_sizes(shape, halo, grid, n_tiles))) > CPU_WINDOW:
+    while voxels > CPU_WINDOW:
         finer = auto_tiles(shape, halo, grid, voxels - 1)
         finer = tuple(max(a, b) for a, b in zip(finer, n_tiles, strict=True))
         if finer == n_tiles or recomputed(shape, halo, grid, finer) > CPU_OVERHEAD:
             break
-        n_tiles = finer
+        n_tiles, voxels = finer, math.prod(window_sizes(shape, halo, grid, finer))
     return n_tiles
 
 

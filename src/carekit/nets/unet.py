@@ -187,9 +187,7 @@ def upsample_concat_conv(h: torch.Tensor, skip: torch.Tensor | None, conv: nn.Mo
         # (O, I, p_1, T_1, ..., p_n, T_n) -> (p_1 ... p_n, O, I, T_1 ... T_n)
         order = [2 + 2 * i for i in range(ndim)] + [0, 1] + [3 + 2 * i for i in range(ndim)]
         kernel = kernel.permute(order).flatten(0, ndim)
-    layout = torch.channels_last_3d if ndim == 3 else torch.channels_last
-    if not (skip if skip is not None else h).is_contiguous(memory_format=layout):
-        layout = torch.contiguous_format
+    layout = layout_of(skip if skip is not None else h)
     kernel = kernel.contiguous(memory_format=layout)
     phases = CONV_F[ndim](h, kernel, padding=tuple(pad for _, pad, _ in plans))
     deltas = tuple(delta for _, _, delta in plans)
@@ -308,10 +306,8 @@ class UNet(nn.Module):
                 h = run(block, F.interpolate(h, scale_factor=self.pool, mode=LINEAR[self.ndim], align_corners=False))
             elif phase and self.phase_plans is not None:
                 rest = fused.after_relu(block) if fuse else None  # the block after its first ReLU
-                if rest is not None:
-                    h = run(rest, upsample_concat_conv(h, skip, block[0], self.pool, self.phase_plans, relu=True))
-                else:
-                    h = run(block[1:], upsample_concat_conv(h, skip, block[0], self.pool, self.phase_plans))
+                first = upsample_concat_conv(h, skip, block[0], self.pool, self.phase_plans, relu=rest is not None)
+                h = run(block[1:] if rest is None else rest, first)
             else:
                 h = F.interpolate(h, scale_factor=self.pool, mode="nearest")
                 h = run(block, h if skip is None else torch.cat([h, skip], dim=1))
