@@ -17,12 +17,13 @@ Calibration is then measured leaving one test image out at a time: the calibrati
 the dataset's other test images and applied to the one left out. Reported: coverage of central
 50/80/90/95 % intervals over all left-out pixels, the worst left-out image's 90 % coverage, and
 the 90 % coverage in each decile of predicted intensity (deciles within each image), for the raw
-distributions, the global isotonic calibration and carekit's calibration (conditional on
-predicted intensity). A second table splits every test image instead: calibrated on the first
-halves (along y) of all test images and tested on their second halves, and the other way round.
-``--cross`` also applies each dataset's model, calibrated on
-all its test images, to the other datasets' test images (restoration and calibration both out of
-their domain).
+distributions, the global isotonic calibration, tables conditional on predicted intensity that
+are exact on the calibration images (``unwidened``) and carekit's calibration (those tables
+widened by the gap they leave on calibration images they were not fitted on). A second table
+splits every test image instead: calibrated on the first halves (along y) of all test images and
+tested on their second halves, and the other way round. ``--cross`` also applies each dataset's
+model, calibrated on all its test images, to the other datasets' test images (restoration and
+calibration both out of their domain).
 
 Raw predictions are cached in ``--cache`` (models too), so the tables can be recomputed without
 training; results go to ``benchmarks/results/calibration[-NAME].json``.
@@ -42,7 +43,8 @@ import truths
 from run import cpu_name, read_json, write_json
 
 import carekit
-from carekit.calibration import Calibration, deciles, inside, pit_table
+from carekit.calibration import Calibration, Observed, deciles, fit_tables, inside, pit_table
+from carekit.calibration import fit as fit_calibration
 from carekit.data.camera import poisson_gaussian
 from carekit.ensemble import train_ensemble
 from carekit.uncertainty import Laplace, Mixture
@@ -51,7 +53,7 @@ RESULTS = Path(__file__).parent / "results"
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 DATASETS = ["confocal-nuclei", "widefield-nuclei", "timelapse-nuclei", "membranes", "tubules", "granules", "nuclei",
             "texture", "points"]  # fmt: skip
-METHODS = ("raw", "global", "conditional")
+METHODS = ("raw", "global", "unwidened", "conditional")
 
 
 # -- data and predictions ----------------------------------------------------------------------
@@ -148,10 +150,10 @@ def pits(images: list[dict]) -> list[dict]:
 def fit(method: str, calibration_images: list[dict]) -> Calibration | None:
     if method == "raw":
         return None
-    pit = np.concatenate([c["pit"].ravel() for c in calibration_images])
     if method == "global":
-        return Calibration.global_(pit_table(pit))
-    return Calibration.fit(pit, np.concatenate([c["coordinate"].ravel() for c in calibration_images]))
+        return Calibration.global_(pit_table(np.concatenate([c["pit"].ravel() for c in calibration_images])))
+    observed = [Observed(c["pit"], c["coordinate"], c["decile"]) for c in calibration_images]
+    return fit_tables(observed) if method == "unwidened" else fit_calibration(observed)
 
 
 def score(tested: list[tuple[dict, Calibration | None]]) -> dict:
@@ -233,7 +235,7 @@ def table(rows: list[dict], protocol: str = "held_out") -> str:
             lines.append(f"| {r['dataset']} | {r['photons']:g} | {m} | {row_cells(r[protocol][m])} |")
     for photons in sorted({r["photons"] for r in rows}):
         group = [r for r in rows if r["photons"] == photons]
-        for m in ("global", "conditional"):
+        for m in METHODS[1:]:
             worst = max(group, key=lambda r: abs(worst_decile(r[protocol][m]) - 0.9))
             lines.append(f"| **worst of {len(group)}** ({worst['dataset']}) | {photons:g} | {m} | "
                          f"{row_cells(worst[protocol][m])} |")  # fmt: skip
@@ -246,7 +248,7 @@ def cross_table(rows: list[dict]) -> str:
     for r in rows:
         if "cross" not in r:
             continue
-        for m in ("global", "conditional"):
+        for m in METHODS[1:]:
             c = [t[m]["coverage"]["0.9"] for t in r["cross"].values()]
             d = farthest(worst_decile(t[m]) for t in r["cross"].values())
             lines.append(f"| {r['dataset']} | {r['photons']:g} | {m} | {100 * np.mean(c):.1f} "

@@ -10,13 +10,23 @@ and structure in the calibration images' proportions: a network's scale may be t
 background and too narrow on bright structure, and one table averages the two. Here the
 tables are conditional on each pixel's *predicted intensity*: calibration pixels are cut into
 bins of equal count along it, each bin gets its own table, and a pixel takes the table of the
-bin its predicted intensity falls in (so coverage on the calibration pixels is exact per bin). The
+bin its predicted intensity falls in (so the tables alone are exact per bin on the calibration pixels). The
 intensity is taken in the model's output units, the training targets' units that every
 restoration is mapped to, because a restoration's
 errors follow the signal (shot noise) rather than a pixel's rank in its image: scaling each image
 by its own percentiles moved the bins with the image's share of background and its brightest
 structure, and calibrated intervals then missed by up to 27 points on some images (see the
 calibration benchmark). Everything is plain numbers, stored as JSON.
+
+Tables fitted on a few images are exact on those images and too narrow on the next one: images
+differ (a background the network cannot see at low light, nuclei brighter than any it trained
+on), and a table only knows the images it was fitted on. :func:`fit` therefore measures that
+gap on the calibration images themselves, each calibrated by the others (leave one image out;
+the two halves of a single image), and widens every table by the spread of those held-out
+``F(truth)`` values. The full gap is measured with one image fewer than the final tables see
+and overstates it (images that resemble one another stop being strangers once both are in the
+calibration); :data:`HELD_OUT_WEIGHT` of it is applied, a default chosen leave-one-dataset-out
+on the calibration benchmark (``benchmarks/calibration.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import numpy as np
 PIT_GRID = np.linspace(0.0, 1.0, 201)
 BINS = 10
 MIN_PIXELS_PER_BIN = 2000  # fewer calibration pixels: fewer bins (one, the global table, at the least)
+HELD_OUT_WEIGHT = 0.7  # share of the held-out gap by which fit() widens its tables
 
 
 def pit_table(pit_values: np.ndarray) -> np.ndarray:
@@ -86,6 +97,25 @@ class Calibration:
         centres = np.array([np.median(coordinate[g]) for g in groups])  # non-decreasing: the groups are sorted
         edges = np.array([(coordinate[a].max() + coordinate[b].min()) / 2 for a, b in itertools.pairwise(groups)])
         return cls(np.stack([pit_table(pit[g]) for g in groups]), centres, pit_table(pit), edges)
+
+    def calibrated_pit(self, pit: np.ndarray, coordinate: np.ndarray | None = None) -> np.ndarray:
+        """``F(truth)`` under the calibrated distribution: the inverse of :meth:`map`, per pixel."""
+        pit = np.asarray(pit, np.float64)
+        ramp = PIT_GRID * 1e-9  # tables may be flat in places; keep the inverse single-valued
+        if not self.conditional or coordinate is None:
+            return np.interp(pit, self.pooled + ramp, PIT_GRID)
+        b = self.bins(np.asarray(coordinate, np.float64))
+        out = np.empty(pit.shape)
+        for k, table in enumerate(self.tables):
+            out[b == k] = np.interp(pit[b == k], table + ramp, PIT_GRID)
+        return out
+
+    def widened(self, held_out_table: np.ndarray, weight: float = 1.0) -> Calibration:
+        """Every table read through ``held_out_table`` (``weight`` of the way from the identity):
+        calibrated level ``q`` becomes the one at which the held-out ``F(truth)`` values reach ``q``."""
+        through = weight * np.asarray(held_out_table, np.float64) + (1 - weight) * PIT_GRID
+        tables = np.stack([np.interp(through, PIT_GRID, t) for t in self.tables])
+        return Calibration(tables, self.centres, np.interp(through, PIT_GRID, self.pooled), self.edges)
 
     @property
     def conditional(self) -> bool:
@@ -180,8 +210,31 @@ def pooled(observed: list[Observed], name: str) -> np.ndarray:
     return np.concatenate([getattr(o, name).ravel() for o in observed])
 
 
-def fit(observed: list[Observed], bins: int = BINS) -> Calibration:
+def fit_tables(observed: list[Observed], bins: int = BINS) -> Calibration:
+    """Tables exact on ``observed`` (see :meth:`Calibration.fit`)."""
     return Calibration.fit(pooled(observed, "pit"), pooled(observed, "coordinate"), bins)
+
+
+def folds(observed: list[Observed]) -> list[tuple[list[Observed], list[Observed]]] | None:
+    """(calibrating, tested) pairs: each image against the others, or the two halves of one image."""
+    if len(observed) > 1:
+        return [(observed[:j] + observed[j + 1 :], [o]) for j, o in enumerate(observed)]
+    if observed[0].pit.shape[0] < 2:
+        return None
+    first, second = observed[0].halves()
+    return [([second], [first]), ([first], [second])]
+
+
+def fit(observed: list[Observed], bins: int = BINS, held_out_weight: float = HELD_OUT_WEIGHT) -> Calibration:
+    """Tables from ``observed``, widened by ``held_out_weight`` of the gap they leave on
+    calibration images they were not fitted on (see the module's docstring)."""
+    calibration = fit_tables(observed, bins)
+    pairs = folds(observed) if held_out_weight > 0 else None
+    if pairs is None:
+        return calibration
+    held = [fit_tables(calibrating, bins).calibrated_pit(o.pit, o.coordinate).ravel()
+            for calibrating, tested in pairs for o in tested]  # fmt: skip
+    return calibration.widened(pit_table(np.concatenate(held)), held_out_weight)
 
 
 def coverage_table(observed: list[Observed], levels, calibration: Calibration | None = None,
@@ -205,11 +258,11 @@ def held_out(observed: list[Observed], levels, bins: int = BINS) -> dict | None:
     if split == "halves":
         if observed[0].pit.shape[0] < 2:
             return None
-        folds = [[h] for h in observed[0].halves()]
+        parts = [[h] for h in observed[0].halves()]
     else:
-        folds = [observed[0::2], observed[1::2]]
-    tested = folds[0] + folds[1]
-    calibrations = [fit(folds[1], bins)] * len(folds[0]) + [fit(folds[0], bins)] * len(folds[1])
+        parts = [observed[0::2], observed[1::2]]
+    tested = parts[0] + parts[1]
+    calibrations = [fit(parts[1], bins)] * len(parts[0]) + [fit(parts[0], bins)] * len(parts[1])
     return {"split": split, **coverage_table(tested, levels, calibrations=calibrations)}
 
 
