@@ -39,7 +39,7 @@ import numpy as np
 PIT_GRID = np.linspace(0.0, 1.0, 201)
 BINS = 10
 MIN_PIXELS_PER_BIN = 2000  # fewer calibration pixels: fewer bins (one, the global table, at the least)
-HELD_OUT_WEIGHT = 0.7  # share of the held-out gap by which fit() widens its tables
+HELD_OUT_WEIGHT = 0.5  # share of the held-out gap by which fit() widens its tables
 
 
 def pit_table(pit_values: np.ndarray) -> np.ndarray:
