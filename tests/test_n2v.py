@@ -8,10 +8,11 @@ from conftest import TINY, blobs, noisy
 import carekit
 from carekit.baselines import mean_psnr
 from carekit.cli import main
+from carekit.data.camera import poisson_gaussian
 from carekit.errors import CarekitError
 from carekit.metrics import evaluate
 from carekit.modes.n2n import train_n2n
-from carekit.modes.n2v import train_n2v
+from carekit.modes.n2v import fit_blend, train_n2v
 
 # blind spots learn from few pixels per patch: more of them, and a short run, for tests
 FAST_N2V = {**TINY, "masked_fraction": 0.03, "progress": False}
@@ -174,6 +175,37 @@ def test_where_noise_is_weak_the_noisy_pixel_is_weighed_in(tmp_path):
     assert with_pixel > alone + 0.3
     again = carekit.load(tmp_path / "m")  # stored with the model
     assert again.config.n2v.blend == blend
+
+
+def test_frames_of_a_static_scene_calibrate_the_camera_where_the_sample_has_texture(tmp_path, capsys):
+    """A sample with pixel-to-pixel texture of its own (as the clean images of real data have) makes the
+    noisy images alone read more noise than the camera's, and keep the noisy pixel out; eight frames
+    of another static scene read the camera's noise itself and weigh the pixel in as they should."""
+    rng = np.random.default_rng(8)
+    clean = blobs((2, 96, 96), seed=3, density=0.01) * rng.uniform(0.7, 1.3, (2, 96, 96)).astype(np.float32)
+    low = noisy(clean, peak=200)  # 200 photons peak, read noise 1 (conftest's camera)
+    ramp = np.tile(np.linspace(0, 250, 128, dtype=np.float32), (128, 1))
+    frames = np.stack([poisson_gaussian(ramp, rng, read_sigma=1.0) for _ in range(8)])
+    model = train_n2v(low, "SYX", tmp_path / "m", epochs=4, steps_per_epoch=40, patch_size=(32, 32),
+                      noise_calibration=frames, **FAST_N2V)  # fmt: skip
+    a, b, _ = model.config.n2v.camera
+    assert abs(a - 1) < 0.1 and abs(b - 1) < 1.0
+    assert model.config.n2v.blend["camera"] == model.config.n2v.camera
+    assert carekit.load(tmp_path / "m").config.n2v.camera == model.config.n2v.camera
+    calibrated = mean_psnr(model.predict(low, "SYX"), clean)
+    model.config.n2v.camera = None  # the same network, the camera read from the noisy images alone
+    model.directory = None
+    fit_blend(model, [s[None] for s in low])
+    assert model.config.n2v.blend["camera"][0] > 1.2 * a
+    assert calibrated > mean_psnr(model.predict(low, "SYX"), clean) + 0.2
+    tifffile.imwrite(tmp_path / "noisy.tif", low)
+    tifffile.imwrite(tmp_path / "plane.tif", frames[0])
+    argv = ["train", "--mode", "n2v", "--input", str(tmp_path / "noisy.tif"), "--axes", "SYX", "--model",
+            str(tmp_path / "bad"), "--noise-calibration", str(tmp_path / "plane.tif"), "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"carekit: error: --noise-calibration {tmp_path / 'plane.tif'}: needs two or more")
+    assert "\n" not in err and not (tmp_path / "bad").exists()
 
 
 def test_n2v2_leaves_no_grid_pattern_where_plain_noise2void_does(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ from conftest import blobs
 from carekit.config import Config
 from carekit.data.camera import poisson_gaussian, to_photons
 from carekit.errors import CarekitError
-from carekit.noise import Camera, fit_camera, fit_posterior, reliance
+from carekit.noise import Camera, camera_from_repeats, fit_camera, fit_posterior, reliance
 
 
 @pytest.mark.parametrize(("peak", "read"), [(20.0, 1.0), (200.0, 3.0)])
@@ -91,3 +91,39 @@ def test_a_damaged_blend_in_a_configuration_is_refused():
                 {**good, "weights": [0.1]}):  # fmt: skip
         with pytest.raises(CarekitError, match=r"n2v\.blend"):
             Config(axes="YX", mode="n2v", n2v={"blend": bad})
+
+
+def textured_frames(n: int, gain: float, offset: float, read: float) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` frames of one static scene whose pixels carry a texture of their own (as real samples do),
+    bleaching by 1 % a frame, and the scene's expected photons."""
+    rng = np.random.default_rng(5)
+    scene = to_photons(blobs((128, 128), seed=6, density=0.01, sigma=3.0) + 0.1, 150.0)
+    scene = scene * rng.uniform(0.6, 1.4, scene.shape).astype(np.float32)  # pixel-to-pixel texture
+    frames = [poisson_gaussian(scene * 0.99**t, rng, read_sigma=read, gain=gain, offset=offset) for t in range(n)]
+    return np.stack(frames), scene
+
+
+def test_the_camera_is_read_from_frames_of_a_static_scene():
+    gain, offset, read = 2.5, 100.0, 3.0
+    frames, scene = textured_frames(6, gain, offset, read)
+    camera = camera_from_repeats(frames)
+    level = gain * scene + offset  # the camera's line in its own units: a = gain, b = read^2 - gain * offset
+    true = gain * scene * gain + read**2
+    assert abs(camera.a - gain) < 0.1 * gain
+    assert abs(np.median(camera.variance(level) / true) - 1) < 0.05
+    # one frame alone cannot tell the texture from the camera's noise and reads far more noise
+    assert np.median(fit_camera([frames[0]]).variance(level) / true) > 1.3
+
+
+def test_calibration_frames_are_checked():
+    frames, _ = textured_frames(2, 1.0, 0.0, 1.0)
+    with pytest.raises(CarekitError, match="calibration: needs two or more frames"):
+        camera_from_repeats(frames[:1])
+    with pytest.raises(CarekitError, match="needs two or more frames"):
+        camera_from_repeats(frames[0])  # a single plane is not a stack of frames
+    with pytest.raises(CarekitError, match="do not differ"):
+        camera_from_repeats(np.stack([frames[0], frames[0]]))
+    bad = frames.copy()
+    bad[1, 3, 3] = np.nan
+    with pytest.raises(CarekitError, match="NaN"):
+        camera_from_repeats(bad)

@@ -14,7 +14,7 @@ from carekit.config import Config
 from carekit.data.pairs import ImagePair
 from carekit.engine import choose_engine
 from carekit.model import CARE
-from carekit.modes.n2v import train_n2v
+from carekit.modes.n2v import calibrated_camera, fit_blend, train_n2v
 from carekit.sampling import PatchSampler
 from carekit.trainer import Trainer
 
@@ -95,6 +95,12 @@ def quality_n2v(job: dict) -> dict:
     steps = sum(int(row.split(",")[1]) for row in history)
     outputs = {"default": model.predict(test, "SYX"), "float32": model.predict(test, "SYX", precision="float32")}
     outputs["tta"] = model.predict(test, "SYX", tta=True)
+    if job.get("calibration"):  # the same network, the camera's noise read from frames of a static scene
+        model.config.n2v.camera = list(calibrated_camera(np.load(job["calibration"])))
+        model.directory = None  # its folder is gone; the new share stays in memory
+        fit_blend(model, [s[None] for s in train])
+        outputs["calibrated"] = model.predict(test, "SYX")
+        outputs["calibrated tta"] = model.predict(test, "SYX", tta=True)
     for name, out in outputs.items():
         np.save(job["outputs"][name], out.astype(np.float32))
     return {"steps": steps, "engine": choose_engine("auto", "auto").describe()}

@@ -154,9 +154,25 @@ def n2v_data(photons: float, folder: Path, image: Path | None = None) -> Quality
     files = {"train_low": folder / f"{tag}-train.npy", "test_low": folder / f"{tag}-test.npy"}
     np.save(files["train_low"], noisy.astype(np.float32))
     np.save(files["test_low"], noisy[test].astype(np.float32))
+    np.save(folder / f"{tag}-calibration.npy", calibration_frames(photons))
     title = f"Noise2Void on the noisy {name} alone (no clean image), {noisy.shape[0]} x {shape_text(noisy.shape[1:])}"
     return QualityData(photons, train_high=None, test_truth=truth[test], test_noisy=noisy[test], title=title,
                        **files)  # fmt: skip
+
+
+CALIBRATION_FRAMES = 8
+
+
+def calibration_frames(photons: float) -> np.ndarray:
+    """What a user records to calibrate the camera: frames of one static scene (here an unevenly lit
+    fluorescent slide, dark to the images' peak and beyond) taken one after another with the images'
+    camera settings, none of the images' structures in it."""
+    from carekit.data.camera import poisson_gaussian
+
+    y, x = np.mgrid[0:256, 0:256].astype(np.float32) / 255
+    scene = 1.2 * photons * x * (0.6 + 0.4 * y)
+    rng = np.random.default_rng([demo.SEED, 7])
+    return np.stack([poisson_gaussian(scene, rng, read_sigma=demo.READ_NOISE) for _ in range(CALIBRATION_FRAMES)])
 
 
 def n2v_jobs(tools: list[str], data: list[QualityData], budget: float, folder: Path) -> list[Job]:
@@ -164,12 +180,17 @@ def n2v_jobs(tools: list[str], data: list[QualityData], budget: float, folder: P
     jobs = []
     for d in data:
         for t in (t for t in tools if t in N2V_TOOLS):
-            names = ("default", "float32", "tta") if t == "carekit" else ("default",)
-            outputs = {n: str(folder / f"{d.test_low.stem}-{t}-{n}.npy") for n in names}
+            names = ("default", "float32", "tta", "calibrated", "calibrated tta") if t == "carekit" else ("default",)
+            outputs = {n: str(folder / f"{d.test_low.stem}-{t}-{n.replace(' ', '-')}.npy") for n in names}
             spec = {"task": "quality_n2v", "budget": budget, "outputs": outputs, "label": t,
                     "train_low": str(d.train_low), "test_low": str(d.test_low)}  # fmt: skip
+            if t == "carekit":
+                spec["calibration"] = str(d.train_low).replace("-train.npy", "-calibration.npy")
             jobs.append(Job("n2v", f"{d.photons:g} photons", t, spec))
     return jobs
+
+
+NLM_ROWS = ("carekit", "carekit tta", "carekit calibrated", "carekit calibrated tta")
 
 
 def score_level(data: QualityData, jobs: list[Job]) -> dict:
@@ -202,7 +223,7 @@ def score_level(data: QualityData, jobs: list[Job]) -> dict:
     return {
         "title": data.title,
         "photons": data.photons,
-        "nlm_gain_db": {k: psnr[k] - nlm for k in ("carekit", "carekit tta") if psnr.get(k)},
+        "nlm_gain_db": {k: psnr[k] - nlm for k in NLM_ROWS if psnr.get(k)},
         "nlm_parameters": nlm_params,
         "scores": scores,
         "gain_db": over_peers("carekit"),

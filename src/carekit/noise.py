@@ -16,9 +16,13 @@ random sign times half its noise and reading how far each pixel's own estimate f
 diagonal of the network's Jacobian, estimated as Hutchinson does). Left out, ``c`` would count the
 pixel's noise twice and keep it out where it would help most (weak noise).
 
-The noise variance follows the Poisson-Gaussian line ``a * intensity + b`` of a camera, fitted
-without any clean image: a curvature filter whose response to white noise has unit variance
-reads the noise (its median absolute deviation, per intensity bin); pixels are binned by the mean
+The noise variance follows the Poisson-Gaussian line ``a * intensity + b`` of a camera. Where the
+user has two or more frames of a static scene taken with the same camera settings (any sample, a
+fluorescent slide, a few frames of a fixed specimen), :func:`camera_from_repeats` reads it directly
+from their differences, which hold the camera's noise alone. Otherwise it is fitted from the
+images themselves, which cannot tell the camera's noise from pixel-to-pixel texture of the sample
+(it reads their sum): a curvature filter whose response to white noise has unit variance reads the
+noise (its median absolute deviation, per intensity bin); pixels are binned by the mean
 of the ring of pixels around them (which shares no noise with the filter) and a bin's intensity is
 the mean of its pixels.
 """
@@ -30,6 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import convolve, uniform_filter
+
+from carekit.errors import CarekitError
+from carekit.io import check_finite
 
 # second differences along y, x and both: unit variance on white noise (its squares sum to 1)
 CURVATURE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32) / 6.0
@@ -98,6 +105,41 @@ def fit_camera(images: list[np.ndarray]) -> Camera:
     if a < 0:  # no signal-dependent part to speak of: a constant read noise
         a, b = 0.0, float(np.mean(variances))
     return Camera(float(a), float(b), float(min(variances)))
+
+
+def camera_from_repeats(frames: np.ndarray, what: str = "noise calibration") -> Camera:
+    """The Poisson-Gaussian line of the noise in ``frames``: repeats of one static scene along the
+    first axis (any other axes), taken with the camera settings of the images to restore.
+
+    Half the squared difference of consecutive frames is the noise variance at their mean, with
+    nothing of the scene in it (a slow drift such as bleaching cancels too); its mean per intensity
+    bin, trimmed of differences beyond eight robust deviations (a moving object), gives the line.
+    """
+    f = np.asarray(frames, np.float32)
+    if f.ndim < 3 or f.shape[0] < 2:
+        raise CarekitError(f"{what}: needs two or more frames of one static scene along its first axis (frames, "
+                           f"then the plane's Y and X), got shape {f.shape}")  # fmt: skip
+    check_finite(f, what)
+    step = max(1, int(np.ceil(f[0].size * (f.shape[0] - 1) / MAX_PIXELS)))
+    diff = np.concatenate([(f[t + 1] - f[t]).ravel()[::step] for t in range(f.shape[0] - 1)]).astype(np.float64)
+    level = np.concatenate([(0.5 * (f[t + 1] + f[t])).ravel()[::step] for t in range(f.shape[0] - 1)])
+    means, variances = [], []
+    for sel in intensity_bins(level, BINS):
+        d = diff[sel]
+        spread = MAD_TO_SIGMA * np.median(np.abs(d - np.median(d)))
+        kept = d[np.abs(d) <= 8 * spread] if spread > 0 else d
+        means.append(float(level[sel].mean()))
+        variances.append(float(np.mean(kept**2) / 2))
+    if not variances or max(variances) <= 0:
+        raise CarekitError(f"{what}: its frames do not differ, so they show no camera noise; give raw frames of "
+                           "one scene taken one after another")  # fmt: skip
+    least = min(v for v in variances if v > 0)  # dark bins clipped at 0 by the camera show no noise
+    if len(means) < 2 or np.ptp(means) == 0:
+        return Camera(0.0, float(np.mean(variances)), least)
+    a, b = np.polyfit(means, variances, 1)
+    if a < 0:
+        a, b = 0.0, float(np.mean(variances))
+    return Camera(float(a), float(b), float(least))
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,10 @@ from carekit.config import Config, default_spatial, numbers, require
 from carekit.data.blindspot import REPLACEMENTS, BlindSpots, hide, struct_mask
 from carekit.data.noisy import own_targets, read_all
 from carekit.errors import CarekitError
-from carekit.io import write_json
+from carekit.io import read_image, write_json
 from carekit.model import CARE, CONFIG
 from carekit.modes.denoise import AXES
-from carekit.noise import Posterior, fit_camera, fit_posterior, reliance
+from carekit.noise import Camera, Posterior, camera_from_repeats, fit_camera, fit_posterior, reliance
 from carekit.registry import Mode, Option, TrainingData, register
 from carekit.sampling import PatchSampler, augmented
 from carekit.training import train_mode
@@ -65,12 +65,20 @@ class N2VConfig:
     struct_mask: list[int] | list[list[int]] | list[list[list[int]]] | None = None  # 1 to 3 axes
     # weigh the noisy pixel in where the camera's noise is weak (carekit.noise); training fills ``blend``
     posterior: bool = True
+    # the camera's noise variance a * intensity + b (at least floor) in the images' units, [a, b, floor],
+    # read from frames of a static scene (--noise-calibration); None: read from the training images
+    camera: list[float] | None = None
     blend: dict[str, list[float]] | None = None  # camera [a, b, floor], centres and weights
 
     def __post_init__(self) -> None:
         if self.struct_mask is not None:
             self.struct_mask = struct_mask(self.struct_mask).tolist()
         self.spots()  # validates
+        if self.camera is not None:
+            self.camera = list(self.camera) if isinstance(self.camera, tuple) else self.camera
+            ok = numbers(self.camera, 3) and self.camera[0] >= 0 and self.camera[2] > 0
+            require(ok, "n2v.camera must be [a, b, floor]: the noise variance a * intensity + b (a >= 0), at least "
+                        "floor (> 0)")  # fmt: skip
         if self.blend is not None:
             b = self.blend
             ok = isinstance(b, dict) and numbers(b.get("camera"), 3) and numbers(b.get("centres"), ascending=True)
@@ -88,6 +96,7 @@ class N2VConfig:
 
 
 SETTINGS = ("masked_fraction", "replacement", "window", "struct_mask", "posterior")  # N2VConfig's, training keywords
+CALIBRATION = "noise_calibration"  # frames of a static scene (array or TIFF), read into N2VConfig.camera
 # the Laplace scale of a network trained on noisy targets would be the noise's, not the restoration's uncertainty
 NO_DISTRIBUTION = ("{mode} models predict no distribution: their noisy targets would make it the noise's; train "
                    "without --probabilistic (an --ensemble still averages its members)")  # fmt: skip
@@ -145,18 +154,24 @@ POSTERIOR_PIXELS = 2_000_000  # pixels of the training images restored to measur
 
 
 def measure_blend(model: CARE, data: TrainingData) -> None:
-    """After training: the camera's noise and the noisy pixel's share per intensity, from the training
-    images, the network's restoration of them and how far it follows each pixel's own noise (no clean
-    image); stored in the model's configuration.
+    """After training: the noisy pixel's share per intensity (:func:`fit_blend`) from the training images."""
+    fit_blend(model, [p.low for p in data.pairs])
+
+
+def fit_blend(model: CARE, noisy: list[np.ndarray]) -> None:
+    """The camera's noise (``n2v.camera`` where given, else read from ``noisy``) and the noisy pixel's
+    share per intensity, from the noisy images (channels first, then the model's spatial axes), the
+    network's restoration of them and how far it follows each pixel's own noise (no clean image);
+    stored in the model's configuration.
     Left out for a structured mask (its noise is not independent between pixels)."""
     part = model.config.n2v
     part.blend = None
     if not part.posterior or part.struct_mask is not None:
         return
-    noisy = [p.low for p in data.pairs]
     step = max(1, int(np.ceil(sum(a.size for a in noisy) / POSTERIOR_PIXELS)))
     noisy = noisy[::step]
-    camera = fit_camera([c for a in noisy for c in a])  # each channel's planes
+    given = part.camera is not None
+    camera = Camera(*part.camera) if given else fit_camera([c for a in noisy for c in a])  # each channel's planes
     axes = "C" + model.config.spatial
     estimates = [model.predict(a, axes) for a in noisy]
     rng = np.random.default_rng(0)
@@ -179,7 +194,20 @@ def n2v_data(inputs: dict, saved: Config | None, settings: dict) -> TrainingData
     found, axes = read_all(images, saved.axes if saved else inputs.get("axes"))
     spatial = saved.spatial if saved else settings.get("spatial") or default_spatial(axes)
     part = saved.n2v if saved else N2VConfig(**{k: settings[k] for k in SETTINGS if settings.get(k) is not None})
+    if settings.get(CALIBRATION) is not None and not saved:
+        part.camera = list(calibrated_camera(settings[CALIBRATION]))
     return TrainingData(own_targets(found, axes, spatial), axes, spatial, part)
+
+
+def calibrated_camera(frames) -> tuple[float, float, float]:
+    """``(a, b, floor)`` of the noise variance ``a * intensity + b`` (at least ``floor``) read from
+    ``frames``: an array or a TIFF file of two or more frames of one static scene along its first axis."""
+    what = "--noise-calibration"
+    if isinstance(frames, (str, Path)):
+        what = f"--noise-calibration {frames}"
+        frames = read_image(frames)[0]
+    camera = camera_from_repeats(np.asarray(frames), what)
+    return camera.a, camera.b, camera.floor
 
 
 def n2v_cite(config: Config) -> tuple:
@@ -193,13 +221,16 @@ N2V_NET = {"kernel_size": 3, "batch_norm": True, "residual": False, "blur_pool":
 # give their median, biased for Poisson noise at a few photons)
 N2V_TRAINING = {"loss": "mse", "learning_rate": 1e-3, "lr_schedule": "cosine"}
 
+CALIBRATION_HELP = ("two or more frames of one static scene (any sample) taken one after another with the "
+                    "camera settings of --input, as a TIFF with the frames along its first axis: the camera's "
+                    "noise is read from them instead of from --input")  # fmt: skip
 STRUCT_HELP = "structN2V: pixels hidden with each blind spot, e.g. x:4 (a horizontal line of 9) or a 0/1 .tif/.npy"
 N2V = register(
     Mode(
         name="n2v",
         summary="Noise2Void (N2V2): the noisy images alone, no clean images (2D or 3D)",
         inputs=("input", "axes"),
-        settings=tuple(SETTINGS),
+        settings=(*SETTINGS, CALIBRATION),
         data=n2v_data,
         model=N2VModel,
         finish=measure_blend,
@@ -217,6 +248,7 @@ N2V = register(
             Option("--input", "the noisy images to restore (file or folder)", {"metavar": "PATH"}),
             AXES,
             Option("--struct-mask", STRUCT_HELP, {"metavar": "MASK"}),
+            Option("--noise-calibration", CALIBRATION_HELP, {"metavar": "TIFF"}),
             Option("--masked-fraction", "share of each patch's pixels hidden (default 0.02)", {"type": float}),
             Option("--replacement", "median (N2V2, default) or uniform (original N2V)", {"choices": REPLACEMENTS}),
             Option("--window", "edge of the window replacements come from (default 5)", {"type": int}),
@@ -236,7 +268,9 @@ def train_n2v(images, axes: str | None, model_dir: str | Path, **options) -> CAR
     ``images`` are an array, a list of arrays, or TIFF files or folders (axes from the files
     where ``axes`` is None). Train on the very images you want to restore: that is the normal use.
     Beside the options of :func:`carekit.train`: ``struct_mask`` (e.g. ``"x:4"`` or a 0/1 array,
-    structN2V), ``masked_fraction``, ``replacement`` (``"median"`` or ``"uniform"``) and ``window``.
+    structN2V), ``masked_fraction``, ``replacement`` (``"median"`` or ``"uniform"``), ``window`` and
+    ``noise_calibration`` (an array or TIFF of two or more frames of a static scene along its first axis,
+    taken with the camera settings of ``images``: the camera's noise is read from them).
     ``independent_channels=True`` trains one network per channel instead of one for all.
     """
     return train_mode(N2V, model_dir, {"input": images, "axes": axes}, **options)
