@@ -97,6 +97,7 @@ class QualityData:
     test_truth: np.ndarray
     test_noisy: np.ndarray
     title: str = "CARE from pairs"
+    calibration: Path | None = None  # frames of a static scene that read the camera's noise (Noise2Void)
 
 
 def quality_data(photons: float, folder: Path) -> QualityData:
@@ -154,7 +155,8 @@ def n2v_data(photons: float, folder: Path, image: Path | None = None) -> Quality
     files = {"train_low": folder / f"{tag}-train.npy", "test_low": folder / f"{tag}-test.npy"}
     np.save(files["train_low"], noisy.astype(np.float32))
     np.save(files["test_low"], noisy[test].astype(np.float32))
-    np.save(folder / f"{tag}-calibration.npy", calibration_frames(photons))
+    files["calibration"] = folder / f"{tag}-calibration.npy"
+    np.save(files["calibration"], calibration_frames(photons))
     title = f"Noise2Void on the noisy {name} alone (no clean image), {noisy.shape[0]} x {shape_text(noisy.shape[1:])}"
     return QualityData(photons, train_high=None, test_truth=truth[test], test_noisy=noisy[test], title=title,
                        **files)  # fmt: skip
@@ -184,8 +186,8 @@ def n2v_jobs(tools: list[str], data: list[QualityData], budget: float, folder: P
             outputs = {n: str(folder / f"{d.test_low.stem}-{t}-{n.replace(' ', '-')}.npy") for n in names}
             spec = {"task": "quality_n2v", "budget": budget, "outputs": outputs, "label": t,
                     "train_low": str(d.train_low), "test_low": str(d.test_low)}  # fmt: skip
-            if t == "carekit":
-                spec["calibration"] = str(d.train_low).replace("-train.npy", "-calibration.npy")
+            if t == "carekit" and d.calibration is not None:
+                spec["calibration"] = str(d.calibration)
             jobs.append(Job("n2v", f"{d.photons:g} photons", t, spec))
     return jobs
 

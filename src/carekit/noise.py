@@ -99,12 +99,18 @@ def fit_camera(images: list[np.ndarray]) -> Camera:
         # mean would place the outer bins too far out where it is noisy, flattening the line)
         means.append(float(centre[sel].mean()))
         variances.append(float((MAD_TO_SIGMA * np.median(np.abs(h - np.median(h)))) ** 2))
+    return camera_line(means, variances, min(variances, default=0.0))
+
+
+def camera_line(means: list[float], variances: list[float], least: float) -> Camera:
+    """The Poisson-Gaussian line through the noise ``variances`` of intensity bins at ``means``, at
+    least ``least``: a constant where the bins hold one intensity or the noise falls with it."""
     if len(means) < 2 or np.ptp(means) == 0:
-        return Camera(0.0, float(np.mean(variances)) if variances else 0.0, min(variances, default=0.0))
+        return Camera(0.0, float(np.mean(variances)) if variances else 0.0, least)
     a, b = np.polyfit(means, variances, 1)
     if a < 0:  # no signal-dependent part to speak of: a constant read noise
         a, b = 0.0, float(np.mean(variances))
-    return Camera(float(a), float(b), float(min(variances)))
+    return Camera(float(a), float(b), float(least))
 
 
 def camera_from_repeats(frames: np.ndarray, what: str = "noise calibration") -> Camera:
@@ -134,12 +140,7 @@ def camera_from_repeats(frames: np.ndarray, what: str = "noise calibration") -> 
         raise CarekitError(f"{what}: its frames do not differ, so they show no camera noise; give raw frames of "
                            "one scene taken one after another")  # fmt: skip
     least = min(v for v in variances if v > 0)  # dark bins clipped at 0 by the camera show no noise
-    if len(means) < 2 or np.ptp(means) == 0:
-        return Camera(0.0, float(np.mean(variances)), least)
-    a, b = np.polyfit(means, variances, 1)
-    if a < 0:
-        a, b = 0.0, float(np.mean(variances))
-    return Camera(float(a), float(b), float(least))
+    return camera_line(means, variances, least)
 
 
 @dataclass(frozen=True)
