@@ -51,3 +51,20 @@ def test_cli_training_prints_the_margin_and_the_warning(tmp_path, pair, capsys):
     assert main(["info", "--model", str(tmp_path / "m")]) == 0
     out, err = capsys.readouterr()
     assert "over the best simple filter" in out and "carekit: warning:" in err
+
+
+def test_validation_patches_without_structure_are_left_out_of_the_margin(tmp_path, pair):
+    """Sparse structures and no background rejection leave some validation targets empty (constant):
+    they have no PSNR, so the margin is taken over the others, or said to be missing."""
+    import numpy as np
+
+    low, clean = pair
+    sparse = clean.copy()
+    sparse[64:] = 0  # the lower half empty, so is half of the validation slab at the right end
+    settings = {**SETTINGS, "background_threshold": 0.0, "epochs": 1, "steps_per_epoch": 3, "progress": False}
+    model = carekit.train(low, sparse, "YX", tmp_path / "m", **settings)
+    assert np.isfinite(model.config.baseline["margin_db"])
+    empty = np.zeros_like(clean)
+    empty[:8, :8] = 1.0  # structure only in one training corner: every validation target is constant
+    model = carekit.train(low, empty, "YX", tmp_path / "e", **settings)
+    assert "no structure" in model.config.baseline["skipped"]

@@ -55,7 +55,12 @@ def measure(trainer: Trainer) -> dict | None:
         return None
     pick = np.unique(np.linspace(0, len(val[0]) - 1, min(MAX_PATCHES, len(val[0]))).round().astype(int))
     x, y = val[0][pick], val[1][pick]
-    network = mean_psnr(planes(network_output(trainer, x)), planes(y))
+    truth = planes(y)
+    scored = np.ptp(truth.reshape(len(truth), -1), axis=1) > 0  # a plane without structure has no PSNR
+    if not scored.any():
+        return {"skipped": "its validation targets hold no structure to score against"}
+    truth = truth[scored]
+    network = mean_psnr(planes(network_output(trainer, x))[scored], truth)
     if x.ndim == y.ndim + 1:  # a stack against its 2D projection: filter the stack's projections
         options = [("maximum projection, ", x.max(axis=2)), ("mean projection, ", x.mean(axis=2))]
     elif x.shape[1] == y.shape[1]:
@@ -64,7 +69,7 @@ def measure(trainer: Trainer) -> dict | None:
         return None
     best = None
     for label, source in options:
-        found = best_filter(planes(source), planes(y))
+        found = best_filter(planes(source)[scored], truth)
         found["method"] = label + found["method"]
         best = found if best is None or found["psnr"] > best["psnr"] else best
     return {"network_psnr": network, "best_classical": best, "margin_db": network - best["psnr"], "patches": len(pick)}
