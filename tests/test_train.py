@@ -101,6 +101,29 @@ def test_unknown_setting():
         carekit.train(np.zeros((64, 64)), np.zeros((64, 64)), "YX", "unused", kernal_size=3)
 
 
+def test_the_loss_is_chosen_by_name_in_the_api_and_the_cli(tmp_path):
+    import tifffile
+
+    from carekit.cli import main
+
+    clean = blobs((96, 96), seed=4, density=0.01)
+    low = noisy(clean, peak=3)
+    settings = {"epochs": 1, "steps_per_epoch": 3, "patch_size": (32, 32), "progress": False, **TINY}
+    losses = {}
+    for name in ("mae", "mse"):
+        model = carekit.train(low, clean, "YX", tmp_path / name, loss=name, **settings)
+        assert model.config.train.loss == name
+        losses[name] = float(read_history(tmp_path / name)[0]["loss"])
+    assert losses["mse"] < 0.9 * losses["mae"]  # squared errors of normalised values below 1 are smaller
+    tifffile.imwrite(tmp_path / "low.tif", low)
+    tifffile.imwrite(tmp_path / "high.tif", clean)
+    args = ["train", "--low", str(tmp_path / "low.tif"), "--high", str(tmp_path / "high.tif"), "--axes", "YX",
+            "--model", str(tmp_path / "cli"), "--loss", "mse", "--epochs", "1", "--steps-per-epoch", "2",
+            "--patch-size", "32,32", "--n-first", "8", "--precision", "float32", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    assert carekit.load(tmp_path / "cli").config.train.loss == "mse"
+
+
 def test_default_networks_by_mode():
     from carekit.config import Config, NetConfig
     from carekit.modes.isotropic import AxialConfig

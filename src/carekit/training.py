@@ -117,7 +117,8 @@ def train_mode(kind: Mode, model_dir: str | Path, inputs: dict, *, resume: bool 
     ``callbacks``, ``initialize``, ``stop``, ``loss``), :class:`~carekit.config.NetConfig` and
     :class:`~carekit.config.TrainConfig` fields and the mode's own settings.
     """
-    run = {k: settings.pop(k) for k in RUN_OPTIONS if k in settings}
+    named_loss = isinstance(settings.get("loss"), str)  # a loss by name is the configuration's, a function fit's
+    run = {k: settings.pop(k) for k in RUN_OPTIONS if k in settings and not (k == "loss" and named_loss)}
     model_dir = Path(model_dir)
     own = {k: settings.pop(k) for k in kind.settings if k in settings}
     check_settings(settings)
