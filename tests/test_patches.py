@@ -53,6 +53,36 @@ def test_patches_take_fixed_percentiles_unless_jittered():
     assert np.ptp(ys[True].max(axis=(1, 2, 3))) > 1e-3  # jittered: the scale moves from patch to patch
 
 
+def test_targets_in_input_units_take_the_input_span_whatever_their_own_percentiles():
+    """The same structure over the same input range gets the same target scale, however sparse the
+    rest of its target is (a target's own 99.8th percentile falls to zero where it is sparse)."""
+    rng = np.random.default_rng(3)
+    base = rng.random((1, 64, 64)).astype(np.float32)
+    pairs = []
+    for bright in (2048, 3):  # dense target; then three bright pixels in a faint haze over 2 % of it
+        high = np.zeros((1, 64, 64), np.float32)
+        high[0].flat[:82] = 0.01
+        high[0].flat[:bright] = 2.0
+        pairs.append(ImagePair(f"{bright} bright", 10 * base + 7, high))
+    lo, hi = np.percentile(10 * base + 7, (2.0, 99.8))
+    for jitter in (False, True):
+        own = PatchSampler(pairs, (64, 64), val_fraction=0.0, threshold=0.0, augment=False, jitter=jitter)
+        units = PatchSampler(pairs, (64, 64), val_fraction=0.0, threshold=0.0, augment=False, jitter=jitter,
+                             input_units=True)  # fmt: skip
+        for i, pair in enumerate(pairs):
+            x, y = units._normalised(i, pair.low, pair.high, 2.0, 99.8)
+            np.testing.assert_allclose(y, pair.high / (hi - lo), rtol=1e-5)
+            np.testing.assert_allclose(x, own._normalised(i, pair.low, pair.high, 2.0, 99.8)[0], rtol=1e-6)
+        _, y_own = own.batch(np.random.default_rng(0), 16)
+        _, y_units = units.batch(np.random.default_rng(0), 16)
+        peaks = {name: sorted({round(float(v), 3) for v in y.max(axis=(1, 2, 3))}) for name, y in
+                 (("own", y_own), ("units", y_units))}  # fmt: skip
+        assert peaks["own"][-1] > 100 * peaks["own"][0]  # own percentiles: the lone pixel's scale explodes
+        assert peaks["units"][-1] < 1.5 * peaks["units"][0], peaks  # input's span: alike up to the jitter
+    np.testing.assert_allclose(units.intensity_map.apply(np.array([[[[lo]]]]), np.array([[[[hi]]]]))[1], hi - lo,
+                               rtol=1e-4)  # fmt: skip
+
+
 def test_validation_slab_never_overlaps_training():
     pair = square_pair(128)
     sampler = PatchSampler([pair], (32, 32), val_fraction=0.25, threshold=0.0)

@@ -67,6 +67,29 @@ def test_imaging_noise_is_poisson_gaussian():
     assert averaged.var(axis=0).mean() == pytest.approx(49 / 4, rel=0.08)
 
 
+def test_generated_truths_are_in_the_inputs_counts():
+    """A recipe's truth, blurred by its PSF, is the input's signal: its counts above the background."""
+    from carekit.data.recipes import generate_pair
+    from carekit.data.structures import blur
+
+    recipe = parse_recipe({**RECIPE, "variation": False, "imaging": {**RECIPE["imaging"], "background": 0,
+                                                                     "read_noise": 0, "frames": 400}})  # fmt: skip
+    low, high = generate_pair(recipe, np.random.default_rng(5))
+    signal = blur(high[0], recipe.imaging.kernel(2))
+    assert np.percentile(signal, 99.9) == pytest.approx(100, rel=1e-4)  # the recipe's photons
+    np.testing.assert_allclose(low[0], signal, atol=1.5)  # 400 frames: Poisson noise of ~0.5 counts
+
+
+def test_varied_sparse_recipes_draw_no_empty_images():
+    from carekit.data.recipes import generate_pairs
+
+    sparse = {**RECIPE, "channels": [[{"type": "tubules", "density": 0.006, "length": 60, "width": 0.4}]]}
+    fixed = generate_pairs(parse_recipe({**sparse, "variation": False}), 40, seed=0)
+    varied = generate_pairs(parse_recipe(sparse), 40, seed=0)
+    assert sum(np.ptp(p.high) == 0 for p in fixed) >= 5  # ~0.4 tubules per image: most draws are empty
+    assert all(np.ptp(p.high) > 0 for p in varied)
+
+
 def test_widefield_psf_from_optics():
     sz, sxy = widefield_sigmas(1.4, 500, 1.518)
     assert sxy == pytest.approx(75.0) and sz == pytest.approx(0.66 * 1.518 * 500 / 1.96)

@@ -110,11 +110,16 @@ class PatchSampler:
         (an intensity augmentation) instead of the prediction's 2 and 99.8. Input and target
         percentiles move differently, so the target's scale varies for the same input; training
         turns it on only with the residual (see ``carekit.config.RESIDUAL_FROM_DB``).
+    input_units : bool
+        The targets are in the input's intensity units without its offset (generated structures
+        in camera counts): each is divided by its input's percentile span instead of being
+        normalised by its own percentiles, so the same structure has the same target scale in
+        every pair, however sparse or dense the rest of its image is.
     """
 
     def __init__(self, pairs: list[ImagePair], patch_size: tuple[int, ...], *, val_fraction: float = 0.1,
                  threshold: float = 0.4, augment: bool = True, rotate: bool = True,
-                 jitter: bool = False) -> None:  # fmt: skip
+                 jitter: bool = False, input_units: bool = False) -> None:  # fmt: skip
         if not pairs:
             raise CarekitError("no training pairs")
         self.pairs = pairs
@@ -122,6 +127,7 @@ class PatchSampler:
         self.augment = augment
         self.rotate = rotate
         self.jitter = jitter
+        self.input_units = input_units
         ndim = pairs[0].high.ndim - 1
         if len(self.patch) != ndim:
             raise CarekitError(
@@ -136,6 +142,9 @@ class PatchSampler:
                 )
         q = np.concatenate([LOW_GRID, HIGH_GRID, PREDICT_PERCENTILES])
         self.low_tables, self.high_tables = source_tables(pairs, q)
+        if input_units:  # the target's range at the prediction's percentiles: 0 to the input's span
+            for table, target in zip(self.low_tables, self.high_tables, strict=True):
+                target[:, -2:] = np.stack([np.zeros(len(table)), table[:, -1] - table[:, -2]], axis=1)
         train_boxes, val_boxes = self._split(val_fraction)
         self.train_regions = self._regions(train_boxes, threshold)
         self.val_regions = self._regions(val_boxes, threshold) if val_boxes else []
@@ -228,14 +237,17 @@ class PatchSampler:
         return pair.low[(sl[0], *whole, *sl[1:])], pair.high[sl]
 
     def _normalised(self, i: int, x: np.ndarray, y: np.ndarray, lo_q: float, hi_q: float) -> tuple:
-        def scaled(img: np.ndarray, table: np.ndarray) -> np.ndarray:
-            n = len(LOW_GRID)
+        def bounds(table: np.ndarray, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+            n, shape = len(LOW_GRID), (-1,) + (1,) * (ndim - 1)
             lo = np.array([np.interp(lo_q, LOW_GRID, t[:n]) for t in table], np.float32)
             hi = np.array([np.interp(hi_q, HIGH_GRID, t[n : 2 * n]) for t in table], np.float32)
-            shape = (-1,) + (1,) * (img.ndim - 1)
-            return normalize(img, lo.reshape(shape), hi.reshape(shape))
+            return lo.reshape(shape), hi.reshape(shape)
 
-        return scaled(x, self.low_tables[i]), scaled(y, self.high_tables[i])
+        lo, hi = bounds(self.low_tables[i], x.ndim)
+        if self.input_units:  # scaled by the input's span, without an offset of its own
+            span = (hi - lo).reshape((-1,) + (1,) * (y.ndim - 1))
+            return normalize(x, lo, hi), normalize(y, np.zeros_like(span), span)
+        return normalize(x, lo, hi), normalize(y, *bounds(self.high_tables[i], y.ndim))
 
     def _augmented(self, rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple:
         return augmented(rng, (x, y), self.rotate and self.patch[-1] == self.patch[-2])

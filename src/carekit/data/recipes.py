@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from carekit.data import variation
 from carekit.data.camera import widefield_sigmas
 from carekit.data.pairs import ImagePair
-from carekit.data.structures import blur, gaussian_psf, granules, tubules, widefield
+from carekit.data.structures import blur, gaussian_psf, granules, tubules, widefield_counts
 from carekit.data.surfaces import smooth_field
 from carekit.data.variation import Variation
 from carekit.errors import CarekitError
@@ -60,6 +60,7 @@ IMAGING_KEYS = {
 MAX_EDGE, MAX_VOXELS, MAX_PAIRS, MAX_CHANNELS = 4096, 2**26, 100_000, 16
 MAX_PSF_VOXELS = 2**24
 MAX_STRUCTURES = 100_000  # per image and structure entry
+REDRAWS = 100  # varied structures are drawn again (up to this often) where they leave every channel empty
 STRUCTURE_BOUNDS = {"density": (0.0, 1.0), "length": (1.0, 1e4), "persistence": (0.0, 1e6), "width": (0.0, 50.0),
                     "radius": (0.0, 64.0), "radius_sd": (0.0, 1.0)}  # fmt: skip
 IMAGING_BOUNDS = {"na": (0.01, 2.0), "wavelength": (100.0, 5000.0), "pixel_size": (1.0, 1e5), "z_step": (1.0, 1e6),
@@ -279,20 +280,25 @@ def draw_truths(recipe: Recipe, rng: np.random.Generator, specs: list[list[dict]
 
 def generate_pair(recipe: Recipe, rng: np.random.Generator, psf: np.ndarray | None = None) -> tuple:
     """One (widefield input, ground truth) pair, each ``(C, *shape)`` float32, varied by the recipe's
-    :class:`~carekit.data.variation.Variation` (``psf``: the recipe's kernel, computed once)."""
+    :class:`~carekit.data.variation.Variation` (``psf``: the recipe's kernel, computed once). The truth
+    is in the input's units: the camera counts each structure gives before the PSF spreads them."""
     im, v, ndim = recipe.imaging, recipe.variation, len(recipe.shape)
     psf = im.kernel(ndim) if psf is None else psf
     if not v.active:
         specs = [[{k: val for k, val in s.items() if k != "type"} for s in c] for c in recipe.channels]
         truths = draw_truths(recipe, rng, specs)
-        lows = [
-            widefield(t, psf, rng, photons=im.photons, background=im.background,
-                      background_scale=im.background_scale, read_sigma=im.read_noise, frames=im.frames)
+        imaged = [
+            widefield_counts(t, psf, rng, photons=im.photons, background=im.background,
+                             background_scale=im.background_scale, read_sigma=im.read_noise, frames=im.frames)
             for t in truths
         ]  # fmt: skip
-        return np.stack(lows), np.stack(truths)
-    specs = [[variation.structure(s, v, rng, STRUCTURES[s["type"]].__kwdefaults__) for s in c] for c in recipe.channels]
-    truths = draw_truths(recipe, rng, specs)
+        return np.stack([low for low, _ in imaged]), np.stack([high for _, high in imaged])
+    for _ in range(REDRAWS):  # a sparse draw can leave an image empty, which teaches nothing
+        specs = [[variation.structure(s, v, rng, STRUCTURES[s["type"]].__kwdefaults__) for s in c]
+                 for c in recipe.channels]  # fmt: skip
+        truths = draw_truths(recipe, rng, specs)
+        if any(t.max() > t.min() for t in truths):
+            break
     drawn = variation.imaging(im, v, rng)
     kernel = psf if drawn["psf_scale"] == 1 else im.kernel(ndim, drawn["psf_scale"])
     fields = [smooth_field(recipe.shape, drawn["background_scale"], rng) for _ in truths]
@@ -302,12 +308,12 @@ def generate_pair(recipe: Recipe, rng: np.random.Generator, psf: np.ndarray | No
             haze = np.clip(blur(extra, wide), 0, None)
             haze /= haze.max() or 1.0
             fields[i] = (1 - drawn["haze"]) * fields[i] + drawn["haze"] * haze
-    lows = [
-        widefield(t, kernel, rng, photons=drawn["photons"], background=drawn["background"],
-                  read_sigma=drawn["read_noise"], frames=im.frames, field=f)
+    imaged = [
+        widefield_counts(t, kernel, rng, photons=drawn["photons"], background=drawn["background"],
+                         read_sigma=drawn["read_noise"], frames=im.frames, field=f)
         for t, f in zip(truths, fields, strict=True)
     ]  # fmt: skip
-    return np.stack(lows), np.stack(truths)
+    return np.stack([low for low, _ in imaged]), np.stack([high for _, high in imaged])
 
 
 def generate_pairs(recipe: Recipe, n: int, seed: int, progress: bool = False) -> list[ImagePair]:

@@ -190,15 +190,24 @@ def widefield(truth: np.ndarray, psf: np.ndarray, rng: np.random.Generator, *, p
     ``frames`` exposures gets independent Poisson and Gaussian read noise, and their mean
     is returned (so noise falls as ``1/sqrt(frames)``).
     """
+    return widefield_counts(truth, psf, rng, photons=photons, background=background, background_scale=background_scale,
+                            read_sigma=read_sigma, frames=frames, field=field)[0]  # fmt: skip
+
+
+def widefield_counts(truth: np.ndarray, psf: np.ndarray, rng: np.random.Generator, *, photons: float = 50.0,
+                     background: float = 0.1, background_scale: float = 32.0, read_sigma: float = 2.0,
+                     frames: int = 1, field: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """:func:`widefield`'s image and ``truth`` in the same units: the counts each structure adds before
+    the blur spreads them (so the image's signal is this truth blurred, plus background and noise)."""
     blurred = np.clip(blur(truth, psf), 0, None)
-    peak = float(np.percentile(blurred, 99.9)) or 1.0
-    expected = blurred / peak * photons
+    scale = photons / (float(np.percentile(blurred, 99.9)) or 1.0)
+    expected = blurred * scale
     if background > 0:
         shape = smooth_field(truth.shape, background_scale, rng) if field is None else field
         expected = expected + background * photons * shape
     frames = max(1, int(frames))
     total = sum(poisson_gaussian(expected, rng, read_sigma=read_sigma) for _ in range(frames))
-    return (total / frames).astype(np.float32)
+    return (total / frames).astype(np.float32), (truth * np.float32(scale)).astype(np.float32)
 
 
 def line_pair(shape: tuple[int, int], separation: float, *, width: float = 0.5, margin: float = 8.0) -> np.ndarray:

@@ -62,7 +62,7 @@ class Variation:
     curvature: float = 0.05
     brightness: float = 0.8
     bundles: float = 0.3
-    density: float = 2.0
+    density: float = 5.0
     size: float = 1.5
     psf: float = 0.15
     photons: float = 2.0

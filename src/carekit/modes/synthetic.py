@@ -2,7 +2,10 @@
 
 The recipe (structures per channel, the simulated microscope and the number of pairs, see
 :mod:`carekit.data.recipes`) is stored in the model's configuration; the network learns to undo
-the microscope and predicts like a denoising model.
+the microscope and predicts like a denoising model. The generated truths are in the input's units
+(camera counts before the blur), and training scales each target by its input's percentile span
+rather than by its own percentiles, which depend on how sparse its image is and gave the same
+structure target scales several times apart from pair to pair.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ SYNTHETIC = register(
         part="synthetic",
         options=(Option("--recipe", "structures, microscope and number of pairs", {"metavar": "RECIPE.json"}),),
         supports=DENOISE.supports,
+        sampler_options={"input_units": True},  # generated truths are in the input's counts
     )
 )
 
