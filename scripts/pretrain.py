@@ -4,9 +4,11 @@
     python scripts/pretrain.py --ndim 3 --steps 3000         # the 3D network
     python scripts/pretrain.py --ndim 2 --residual --no-batch-norm --out /tmp/variant
     python scripts/pretrain.py --ndim 2 --n2v --steps 2000   # Noise2Void's network (n2v-2d)
+    python scripts/pretrain.py --ndim 2 --synthetic --residual --steps 6000   # synthetic mode's (synthetic-2d-residual)
 
 A corpus of synthetic pairs (``carekit.data.corpus``: mixed structures, PSFs, backgrounds, 2 to 300
-photons, read noise) is generated from ``--seed``, and the network of carekit's denoising defaults
+photons, read noise; with ``--synthetic`` widefield images of random recipes and their structures,
+``carekit.data.corpus.widefield_pair``) is generated from ``--seed``, and the network of carekit's denoising defaults
 trains on it through the same sampler and loop as any training. The weights are written in float16
 (``<out>/denoise-<ndim>d.safetensors``, a few MB at most) beside a JSON file that records the network,
 the corpus, the steps and this command, so the files can be reproduced.
@@ -46,11 +48,11 @@ class Report(Callback):
               f"{row['seconds']:.0f} s", flush=True)  # fmt: skip
 
 
-def make_pairs(ndim: int, n: int, seed: int) -> list[ImagePair]:
+def make_pairs(ndim: int, n: int, seed: int, synthetic: bool = False) -> list[ImagePair]:
     rng = np.random.default_rng(seed)
     pairs = []
     for i in range(n):
-        low, high = corpus.pair(SHAPES[ndim], rng)
+        low, high = (corpus.widefield_pair if synthetic else corpus.pair)(SHAPES[ndim], rng)
         pairs.append(ImagePair(f"corpus {i}", low[None], high[None]))
     return pairs
 
@@ -68,29 +70,39 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="Noise2Void's network (N2V2: blur pooling, no top skip, no residual) for its warm start",
     )
+    ap.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="the synthetic mode's network: widefield images of random recipes to their structures",
+    )
+    ap.add_argument("--loss", choices=("mae", "mse"), default=None,
+                    help="the training loss (default: the mode's, MSE for --synthetic, else MAE)")  # fmt: skip
     ap.add_argument("--learning-rate", type=float, default=4e-4)
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
     n_pairs = a.pairs or (2000 if a.ndim == 2 else 400)
     started = time.monotonic()
-    pairs = make_pairs(a.ndim, n_pairs, a.seed)
+    if a.n2v and a.synthetic:
+        ap.error("--n2v and --synthetic pre-train different networks; give one")
+    loss = a.loss or ("mse" if a.synthetic else "mae")
+    pairs = make_pairs(a.ndim, n_pairs, a.seed, a.synthetic)
     print(f"corpus: {n_pairs} pairs of {SHAPES[a.ndim]} in {time.monotonic() - started:.0f} s", flush=True)
     axes = "ZYX" if a.ndim == 3 else "YX"
     net = {"kernel_size": 3, "residual": a.residual, "batch_norm": a.batch_norm}
     if a.n2v:
         net.update(N2V_NET)
     train = {"epochs": a.steps // 200, "steps_per_epoch": 200, "lr_schedule": "cosine", "seed": a.seed,
-             "learning_rate": a.learning_rate, "init": "scratch"}  # fmt: skip
+             "learning_rate": a.learning_rate, "init": "scratch", "loss": loss}  # fmt: skip
     config = Config(axes=axes, net=net, train=train)
     t = config.train
-    sampler = PatchSampler(pairs, t.patch_size, val_fraction=0.02, threshold=0.0, jitter=False)
+    sampler = PatchSampler(pairs, t.patch_size, val_fraction=0.02, threshold=0.0, jitter=False, input_units=a.synthetic)
     with tempfile.TemporaryDirectory() as d:
         model = fit(sampler, config, Path(d) / "m", progress=sys.stderr.isatty(), callbacks=[Report()])
         history = (Path(d) / "m" / "history.csv").read_text().splitlines()
     tensors = {k: v.to(torch.float16) for k, v in model.net.state_dict().items() if v.is_floating_point()}
     tensors.update({k: v for k, v in model.net.state_dict().items() if not v.is_floating_point()})
     a.out.mkdir(parents=True, exist_ok=True)
-    family = "n2v" if a.n2v else "denoise"
+    family = "n2v" if a.n2v else "synthetic" if a.synthetic else "denoise"
     name = f"{family}-{a.ndim}d" + ("-residual" if a.residual else "") + ("" if a.batch_norm else "-nobn")
     save_file(tensors, str(a.out / f"{name}.safetensors"))
     assert set(load_file(str(a.out / f"{name}.safetensors"))) == set(model.net.state_dict())
@@ -102,14 +114,17 @@ def main(argv: list[str] | None = None) -> None:
             "pairs": n_pairs,
             "shape": SHAPES[a.ndim],
             "seed": a.seed,
-            "photons": corpus.PHOTONS,
+            "kind": "widefield recipes" if a.synthetic else "mixed structures",
+            "photons": corpus.WIDEFIELD_PHOTONS if a.synthetic else corpus.PHOTONS,
             "read_noise": corpus.READ_NOISE,
+            **({"psf_sigma": corpus.PSF_SIGMA} if a.synthetic else {}),
         },
         "training": {
             "steps": a.steps,
             "patch_size": list(t.patch_size),
             "batch_size": t.batch_size,
             "learning_rate": a.learning_rate,
+            "loss": loss,
             "schedule": "cosine",
             "precision": t.precision,
         },

@@ -106,8 +106,11 @@ def test_every_default_network_with_a_family_finds_its_shipped_weights(tmp_path)
 
     pretrained.catalogue.cache_clear()
     names = {e["name"] for e in pretrained.catalogue()}
-    assert {"denoise-2d", "n2v-2d"} <= names
+    assert {"denoise-2d", "n2v-2d", "synthetic-2d-residual"} <= names
     n2v = CARE(Config(axes="YX", mode="n2v", n2v=N2VConfig()))
     assert (n2v.config.net.blur_pool, n2v.config.net.top_skip) == (True, False)
     assert pretrained.matching(n2v, "n2v")["name"] == "n2v-2d"
     assert pretrained.matching(n2v, "denoise") is None  # max pooling and a top skip: not this network
+    recipe = {"shape": [64, 64], "channels": [[{"type": "tubules"}]]}
+    synthetic = CARE(Config(axes="YX", mode="synthetic", synthetic=recipe, net={"residual": True}))
+    assert pretrained.matching(synthetic, "synthetic")["name"] == "synthetic-2d-residual"

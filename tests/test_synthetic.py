@@ -90,6 +90,20 @@ def test_varied_sparse_recipes_draw_no_empty_images():
     assert all(np.ptp(p.high) > 0 for p in varied)
 
 
+def test_the_pretraining_corpus_draws_recipes_of_every_kind():
+    from carekit.data import corpus
+
+    rng = np.random.default_rng(0)
+    recipes = [parse_recipe(corpus.random_recipe((64, 64), rng)) for _ in range(200)]
+    kinds = [{s["type"] for s in r.channels[0]} for r in recipes]
+    assert {"tubules"} in kinds and {"granules"} in kinds and {"tubules", "granules"} in kinds
+    sigmas = np.array([r.imaging.sigmas(2)[0] for r in recipes])
+    assert sigmas.min() >= corpus.PSF_SIGMA[0] * 0.999 and sigmas.max() <= corpus.PSF_SIGMA[1] * 1.001
+    assert sigmas.max() / sigmas.min() > 3  # the range is used
+    low, high = corpus.widefield_pair((32, 48, 48), rng)
+    assert low.shape == high.shape == (32, 48, 48) and np.ptp(high) > 0
+
+
 def test_widefield_psf_from_optics():
     sz, sxy = widefield_sigmas(1.4, 500, 1.518)
     assert sxy == pytest.approx(75.0) and sz == pytest.approx(0.66 * 1.518 * 500 / 1.96)

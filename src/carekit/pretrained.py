@@ -7,7 +7,10 @@ the JSON beside each records its network, corpus and training. A new model of a 
 kernel, convolutions, batch normalisation, residual, pooling and top skip: a network trained to
 output the clean image would start badly as one that adds a correction to its input).
 ``n2v-2d*`` networks have Noise2Void's architecture (N2V2: blur pooling, no top skip) and were
-pre-trained on the same corpus with clean targets; blind-spot training fine-tunes them. Other
+pre-trained on the same corpus with clean targets; blind-spot training fine-tunes them.
+``synthetic-2d*`` networks undo a widefield microscope: they were pre-trained on images of random
+recipes (tubules and granules through PSFs 0.8-4 px wide, 10-1000 photons) to their structures,
+and the synthetic mode fine-tunes them on its own recipe. Other
 channel counts are adapted: the first layer reads the mean of the input channels, the last one
 writes the same restoration to every output channel, and fine-tuning separates them. A Laplace
 scale head starts from random weights. Where nothing matches, training starts from scratch, as

@@ -7,6 +7,11 @@ truth through a Poisson-Gaussian camera at a random photon count (2 to 300 at th
 structures) and read noise. Nothing here is specific to one sample: the networks pre-trained on it
 are a starting point that fine-tuning on a user's own pairs adapts in minutes.
 
+:func:`widefield_pair` gives the synthetic mode's kind of pair instead: the structures a recipe can
+name (tubules, granules) at random densities, lengths, widths and sizes, through a widefield
+microscope of random PSF width, photon count, background and read noise (a random recipe with its
+variation on), the target being the structures themselves.
+
 All functions are pure functions of (shape, rng), 2D ``(Y, X)`` or 3D ``(Z, Y, X)``.
 """
 
@@ -18,6 +23,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from carekit.data.camera import poisson_gaussian, to_photons
+from carekit.data.recipes import generate_pair, parse_recipe
 from carekit.data.structures import granules, tubules
 from carekit.data.surfaces import smooth_field, voronoi_membranes
 
@@ -101,3 +107,32 @@ def pair(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, 
     """One ``(noisy, clean)`` pair of ``shape``."""
     truth = clean(shape, rng)
     return noisy(truth, rng), truth
+
+
+PSF_SIGMA = (0.8, 4.0)  # lateral widefield PSF sigma in pixels, drawn log-uniformly
+WIDEFIELD_PHOTONS = (10.0, 1000.0)
+
+
+def random_recipe(shape: tuple[int, ...], rng: np.random.Generator) -> dict:
+    """A recipe of tubules and/or granules seen through a random widefield microscope."""
+    channel = []
+    if rng.random() < 0.8:
+        channel.append({"type": "tubules", "density": log_uniform(rng, 0.005, 0.08), "length": rng.uniform(30, 200),
+                        "persistence": log_uniform(rng, 10, 200), "width": log_uniform(rng, 0.2, 1.2)})  # fmt: skip
+    if not channel or rng.random() < 0.4:
+        channel.append({"type": "granules", "density": log_uniform(rng, 3e-4, 5e-3),
+                        "radius": log_uniform(rng, 0.5, 4.0), "radius_sd": rng.uniform(0.1, 0.5)})  # fmt: skip
+    na, wavelength = 1.3, 520.0  # the PSF's width in pixels is set through the pixel size
+    imaging = {"na": na, "wavelength": wavelength, "pixel_size": 0.21 * wavelength / na / log_uniform(rng, *PSF_SIGMA),
+               "photons": log_uniform(rng, *WIDEFIELD_PHOTONS), "background": rng.uniform(0.0, 0.4),
+               "background_scale": log_uniform(rng, 8, 64), "read_noise": rng.uniform(*READ_NOISE)}  # fmt: skip
+    if len(shape) == 3:  # an axial sigma of 1.5-4 times the lateral one, as widefield z-stacks have
+        sigma_z_nm = 0.66 * 1.518 * wavelength / na**2
+        imaging["z_step"] = sigma_z_nm / (rng.uniform(1.5, 4.0) * 0.21 * wavelength / na / imaging["pixel_size"])
+    return {"shape": list(shape), "channels": [channel], "imaging": imaging}
+
+
+def widefield_pair(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One ``(widefield image, structures)`` pair of ``shape`` from a :func:`random_recipe`."""
+    low, high = generate_pair(parse_recipe(random_recipe(shape, rng), "pre-training recipe"), rng)
+    return low[0], high[0]
