@@ -102,8 +102,9 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         default=None,
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="auto: on a CPU, bfloat16 where it computes it natively, else float32; on a GPU, bfloat16 or float16",
+        choices=["auto", "float32", "bfloat16", "float16", "int8"],
+        help="auto: on a CPU, bfloat16 where it computes it natively, else float32, and for prediction the "
+        "model's int8 copy where it runs faster; on a GPU, bfloat16 or float16; int8: prediction on a CPU only",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -27,6 +27,7 @@ from carekit.errors import CarekitError
 from carekit.hardware import NATIVE_BF16_X86, cache_dir, this_cpu
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+PREDICT_PRECISIONS = (*PRECISIONS, "int8")  # int8: a model's quantized copy (carekit.int8), prediction only
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -103,7 +104,8 @@ def cpu_precision(probe: Probe | None) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Engine:
-    """A device and a precision; ``precision`` is ``"float32"``, ``"bfloat16"`` or ``"float16"``."""
+    """A device and a precision; ``precision`` is ``"float32"``, ``"bfloat16"``, ``"float16"`` or, for
+    prediction on a CPU, ``"int8"`` (the model's quantized copy in ONNX Runtime: float32 in and out)."""
 
     device: torch.device
     precision: str
@@ -120,7 +122,13 @@ class Engine:
 
     @property
     def channels_last(self) -> bool:
-        return self.precision != "float32" or self.device.type == "cuda"
+        return self.autocast_dtype is not None or self.device.type == "cuda"
+
+    @property
+    def cache_windows(self) -> bool:
+        """Whether 2D prediction runs fastest in cache-sized windows, one worker per thread (see
+        :mod:`carekit.tiling`): on a CPU in bfloat16 or int8."""
+        return self.device.type == "cpu" and self.precision in ("bfloat16", "int8")
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The precision context of a forward pass (float32: :meth:`exact`)."""
@@ -168,8 +176,8 @@ def choose_engine(device: str = "auto", precision: str = "auto", probe: Probe | 
 
     ``probe`` is timed where the CPU's flags leave bfloat16's speed open (see :func:`cpu_precision`).
     """
-    if precision not in PRECISIONS:
-        raise CarekitError(f"precision '{precision}' is unknown; use one of {', '.join(PRECISIONS)}")
+    if precision not in PREDICT_PRECISIONS:
+        raise CarekitError(f"precision '{precision}' is unknown; use one of {', '.join(PREDICT_PRECISIONS)}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -189,4 +197,6 @@ def choose_engine(device: str = "auto", precision: str = "auto", probe: Probe | 
             precision, reason = "float32", f"{dev.type} runs float32"
     if precision == "float16" and dev.type != "cuda":
         raise CarekitError("float16 runs only on CUDA; use --precision bfloat16 or float32 on this device")
+    if precision == "int8" and dev.type != "cpu":
+        raise CarekitError(f"int8 prediction runs only on a CPU; use --device cpu or --precision auto on {dev.type}")
     return Engine(dev, precision, reason)

@@ -8,6 +8,7 @@ ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from carekit import threads
+from carekit import int8, threads
 from carekit.axes import Layout, check_axes, to_net
 from carekit.baselines import describe_margin
 from carekit.config import Config
@@ -107,7 +108,8 @@ class CARE:
         self.net = net if net is not None else build_net(config)
         self.directory = Path(directory) if directory is not None else None
         self._engine: Engine | None = None
-        self._inference: torch.nn.Module | None = None
+        self._inference: torch.nn.Module | int8.Int8Net | None = None
+        self._int8: int8.Int8Net | bool | None = None  # the int8 copy; False: none valid; None: not looked for
 
     # -- description ----------------------------------------------------------
     @property
@@ -160,7 +162,10 @@ class CARE:
         return Probe(self.net, self.net.example_shape(), train)
 
     def engine(self, device: str = "auto", precision: str | None = None) -> Engine:
-        engine = choose_engine(device, precision or self.config.train.precision, self.probe())
+        asked = precision or self.config.train.precision
+        engine = choose_engine(device, asked, self.probe())
+        if engine.device.type == "cpu" and asked in ("auto", "int8"):
+            engine = self.int8_engine(engine, asked == "int8")
         if engine != self._engine:
             self.net = engine.prepare(self.net.eval())
             self._engine = engine
@@ -169,11 +174,38 @@ class CARE:
 
     def weights_changed(self) -> None:
         """Forget the inference copy of the network after its weights were replaced."""
-        self._engine = self._inference = None
+        self._engine = self._inference = self._int8 = None
+
+    def int8_net(self) -> int8.Int8Net | None:
+        """The model folder's int8 copy (:mod:`carekit.int8`), where it was kept for these weights."""
+        if self._int8 is None:
+            report, path = self.config.int8 or {}, (self.directory or Path()) / int8.FILE
+            valid = self.directory is not None and report.get("kept") and path.is_file()
+            self._int8 = False
+            if valid and report.get("weights") == int8.fingerprint(self.net):
+                with contextlib.suppress(CarekitError):  # no ONNX Runtime, or it cannot read the file
+                    self._int8 = int8.Int8Net(path)
+        return self._int8 or None
+
+    def int8_engine(self, engine: Engine, asked: bool) -> Engine:
+        """``engine``, or int8 where asked for (``asked``) or where the model's int8 copy runs faster here."""
+        runner = self.int8_net()
+        if runner is None:
+            if asked:
+                raise CarekitError(f"{self.directory or 'this model'}: {int8.missing(self.config.int8)}; "
+                                   "predict with --precision auto")  # fmt: skip
+            return engine
+        if asked:
+            return engine
+        floats = int((self.config.int8 or {}).get("float_convolutions", 0))
+        faster, why = int8.faster_here(runner, self.net, self.config.n_channel_in, engine, floats)
+        return Engine(engine.device, "int8", why) if faster else engine
 
     @property
     def inference_net(self) -> torch.nn.Module:
         """The network for prediction: batch norms folded into convolutions, on the engine's device."""
+        if self._inference is None and self._engine is not None and self._engine.precision == "int8":
+            self._inference = self.int8_net()
         if self._inference is None:
             net = fold_batch_norm(self.net.eval())
             self._inference = self._engine.prepare(net) if self._engine is not None else net

@@ -32,8 +32,8 @@ CPU_MAX_MEMORY = 5 * 2**30  # ... up to this many bytes
 GPU_SHARE = 0.25  # on CUDA: this share of the GPU's free memory ...
 GPU_MAX_MEMORY = 8 * 2**30  # ... up to this many bytes
 MAX_BATCH = 16
-# On CPU in bfloat16, 2D windows of more than CPU_LARGE pixels are cut down towards CPU_WINDOW pixels while the
-# halos they recompute add at most CPU_OVERHEAD to the work: a window's feature maps then stay in
+# On CPU in bfloat16 (and int8), 2D windows of more than CPU_LARGE pixels are cut down towards CPU_WINDOW
+# pixels while the halos they recompute add at most CPU_OVERHEAD to the work: a window's feature maps then stay in
 # cache. The default 2D network restored 2048x2048 at 1.7-3.1 Mpx/s in one window and 4.3-4.6 in
 # 4x4 to 6x6 windows (2-core Xeon, bfloat16), 1024x1024 at 3.3 and 4.2-4.4, while 512x512 was faster
 # whole (5.2) than in 2x2 windows (3.7). Its kernel-5 variant (wider halo) gained nothing from
@@ -207,7 +207,7 @@ def predict_tiled(forward: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray
     size = padded.shape[padded.ndim - len(grid) :]
     whole = (slice(None),) * (padded.ndim - 2 - len(grid))
     budget = memory or default_memory(engine, host_arrays=2 * padded.nbytes)  # padded input, output
-    in_cache = engine.device.type == "cpu" and engine.autocast_dtype is not None and len(grid) == 2 and not whole
+    in_cache = engine.cache_windows and len(grid) == 2 and not whole
     if n_tiles is None:
         n_tiles = auto_tiles(size, halo, grid, max(1, budget // bytes_per_voxel))
         if in_cache:

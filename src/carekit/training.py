@@ -35,6 +35,7 @@ from carekit.margin import Margin
 from carekit.metrics import decibels, fitted_error
 from carekit.model import CARE, CONFIG, LAST, WEIGHTS, build_net
 from carekit.pretrained import warm_start
+from carekit.quantize import Int8Check
 from carekit.registry import Mode, TrainingData, mode_of
 from carekit.sampling import PatchSampler
 from carekit.trainer import Callback, Loss, Sampler, Trainer
@@ -183,7 +184,7 @@ def fit(sampler: Sampler, config: Config, model_dir: str | Path, *, loss: Loss |
     if not resume:  # the pretrained start, unless the caller brings its own or training.init is "scratch"
         (initialize or warm_start)(care)
     write_json(model_dir / CONFIG, config.to_dict())
-    trainer = Trainer(care, sampler, model_dir, engine, loss, [*callbacks, Margin()], stop)
+    trainer = Trainer(care, sampler, model_dir, engine, loss, [*callbacks, Margin(), Int8Check()], stop)
     trainer.record = record
     trainer.run(time_budget=time_budget, resume=resume, progress=progress)
     return CARE.load(model_dir)
