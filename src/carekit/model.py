@@ -9,6 +9,7 @@ ever unpickled.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +165,7 @@ class CARE:
     def engine(self, device: str = "auto", precision: str | None = None) -> Engine:
         asked = precision or self.config.train.precision
         engine = choose_engine(device, asked, self.probe())
+        engine = dataclasses.replace(engine, predicting=True)
         if engine.device.type == "cpu" and asked in ("auto", "int8"):
             engine = self.int8_engine(engine, asked == "int8")
         if engine != self._engine:
@@ -199,7 +201,7 @@ class CARE:
             return engine
         floats = int((self.config.int8 or {}).get("float_convolutions", 0))
         faster, why = int8.faster_here(runner, self.net, self.config.n_channel_in, engine, floats)
-        return Engine(engine.device, "int8", why) if faster else engine
+        return Engine(engine.device, "int8", why, predicting=True) if faster else engine
 
     @property
     def inference_net(self) -> torch.nn.Module:
