@@ -59,13 +59,43 @@ def train_speed(job: dict) -> dict:
 
 
 def predict(job: dict) -> dict:
-    """Mpx/s of ``model.predict`` with every default (tiling, precision) on a random image."""
+    """Mpx/s of ``model.predict`` with every default (tiling, precision) on a random image; then of
+    int8 copies (all convolutions in int8, and the last two in float32, as training keeps where all
+    int8 loses more than 0.05 dB), whose quality is checked on trained models by ``benchmarks/int8.py``."""
     torch.manual_seed(0)
     model = CARE(model_config(job))
     axes = model.config.axes
     image = random_image(tuple(job["shape"]))
-    result = timed_predict(lambda a: model.predict(a, axes), image, image[warmup_crop(image.shape)])
-    return {**result, "engine": choose_engine("auto", "auto").describe()}
+    warmup = image[warmup_crop(image.shape)]
+    result = timed_predict(lambda a: model.predict(a, axes), image, warmup)
+    result["engine"] = choose_engine("auto", "auto").describe()
+    for last in (0, 2):
+        with tempfile.TemporaryDirectory() as d:
+            with_int8_copy(model, image, Path(d), last)
+            timed = timed_predict(lambda a: model.predict(a, axes, precision="int8"), image, warmup)
+            result[f"int8_last{last}_float"] = {k: timed[k] for k in ("seconds", "mpx_per_s")}
+    return result
+
+
+def with_int8_copy(model: CARE, image: np.ndarray, folder: Path, last_float: int) -> None:
+    """Give ``model`` an int8 copy in ``folder`` (calibrated on crops of ``image``; the last
+    ``last_float`` convolutions in float32), as training would keep it."""
+    import onnx
+
+    from carekit import int8
+    from carekit.normalize import normalize, percentiles
+    from carekit.quantize import quantized
+
+    patch = (16, 64, 64) if image.ndim == 3 else (96, 96)
+    x = image[(None, None, *(slice(0, p) for p in patch))]
+    lo, hi = percentiles(x, (1.0, 99.8))
+    source = folder / "float32.onnx"
+    int8.export(model.net, x.shape, source)
+    convs = [n.name for n in onnx.load(str(source)).graph.node if n.op_type == "Conv"]
+    quantized(source, folder / int8.FILE, [normalize(x, lo, hi).astype(np.float32)], convs[len(convs) - last_float :])
+    model.directory = folder
+    model.config.int8 = {"kept": True, "float_convolutions": last_float, "weights": int8.fingerprint(model.net)}
+    model.weights_changed()
 
 
 def quality(job: dict) -> dict:
