@@ -34,7 +34,9 @@ FILE = "int8.onnx"
 TOLERANCE_DB = 0.05  # the int8 network may lose at most this much PSNR against float32 on validation
 INT8_GAIN = 0.8  # measured int8 passes must take at most this share of the default's time to be chosen
 INPUT, OUTPUT = "input", "output"
-PROBE_SIDE = {2: (256, 256), 3: (16, 128, 128)}  # the timed input, per spatial dimensions
+# The timed input per spatial dimensions: 2D prediction runs cache-sized windows on one thread each
+# (carekit.tiling), so 2D is timed on one such window with one thread; 3D on all threads.
+PROBE_SIDE = {2: (384, 384), 3: (16, 128, 128)}
 DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
@@ -133,16 +135,22 @@ def faster_here(runner: Int8Net, net: nn.Module, channels: int, engine: Engine,
     cpu = this_cpu()
     shape = probe_shape(net, channels)
     params = sum(p.numel() for p in net.parameters())
-    network = f"int8 {params} float {float_convolutions}"
-    key = f"{cpu.model}|{cpu.arch}|torch {torch.__version__}|{network}|{list(shape)}|{engine.precision}"
+    threads = 1 if len(shape) == 4 else torch.get_num_threads()
+    network = f"int8 {params} float {float_convolutions}|{list(shape)}|{threads} threads"
+    key = f"{cpu.model}|{cpu.arch}|torch {torch.__version__}|{network}|{engine.precision}"
     path = cache_dir() / "int8.json"
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
     if key not in cached:
-        cached[key] = {"int8": time_int8(runner, shape),
-                       engine.precision: time_pass(net, shape, engine, train=False)}  # fmt: skip
+        before = torch.get_num_threads()
+        torch.set_num_threads(1 if len(shape) == 4 else before)
+        try:
+            cached[key] = {"int8": time_int8(runner, shape),
+                           engine.precision: time_pass(net, shape, engine, train=False)}  # fmt: skip
+        finally:
+            torch.set_num_threads(before)
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
