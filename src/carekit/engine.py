@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,24 +67,30 @@ def time_pass(net: nn.Module, shape: tuple[int, ...], engine: Engine, train: boo
     return best
 
 
-def measured_precision(probe: Probe) -> tuple[str, str]:
-    """``(precision, reason)`` from timing ``probe`` in float32 and bfloat16 (cached on disk)."""
-    path = cache_dir() / "precision.json"
-    key = probe.key()
+def cached_timings(name: str, key: str, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Timings under ``key`` in the cache file ``name`` (see :func:`~carekit.hardware.cache_dir`),
+    from ``measure()`` the first time; the file is replaced whole, never left half-written."""
+    path = cache_dir() / name
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
     if key not in cached:
-        cpu = torch.device("cpu")
-        times = {p: time_pass(probe.net, probe.shape, Engine(cpu, p), probe.train) for p in ("float32", "bfloat16")}
-        cached[key] = times
+        cached[key] = measure()
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
             tmp.write_text(json.dumps(cached, indent=1))
             os.replace(tmp, path)
-    times = cached[key]
+    return cached[key]
+
+
+def measured_precision(probe: Probe) -> tuple[str, str]:
+    """``(precision, reason)`` from timing ``probe`` in float32 and bfloat16 (cached on disk)."""
+    cpu = torch.device("cpu")
+    times = cached_timings("precision.json", probe.key(), lambda: {
+        p: time_pass(probe.net, probe.shape, Engine(cpu, p), probe.train) for p in ("float32", "bfloat16")
+    })  # fmt: skip
     ratio = times["bfloat16"] / times["float32"]
     chosen = "bfloat16" if ratio <= BF16_GAIN else "float32"
     return chosen, f"measured: bfloat16 takes {ratio:.2f}x float32's time on this CPU"

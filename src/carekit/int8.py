@@ -10,12 +10,9 @@ use the CPU's 8-bit dot products (AVX-512 VNNI, AVX-VNNI, AMX) where it has them
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
-import json
 import math
-import os
 import threading
 import time
 import warnings
@@ -25,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from carekit.engine import Engine, time_pass
+from carekit.engine import Engine, cached_timings, time_pass
 from carekit.errors import CarekitError
-from carekit.hardware import cache_dir, this_cpu
+from carekit.hardware import this_cpu
 from carekit.nets.unet import fold_batch_norm
 
 FILE = "int8.onnx"
@@ -138,25 +135,16 @@ def faster_here(runner: Int8Net, net: nn.Module, channels: int, engine: Engine,
     threads = 1 if len(shape) == 4 else torch.get_num_threads()
     network = f"int8 {params} float {float_convolutions}|{list(shape)}|{threads} threads"
     key = f"{cpu.model}|{cpu.arch}|torch {torch.__version__}|{network}|{engine.precision}"
-    path = cache_dir() / "int8.json"
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cached = {}
-    if key not in cached:
+
+    def measure() -> dict[str, float]:
         before = torch.get_num_threads()
-        torch.set_num_threads(1 if len(shape) == 4 else before)
+        torch.set_num_threads(threads)
         try:
-            cached[key] = {"int8": time_int8(runner, shape),
-                           engine.precision: time_pass(net, shape, engine, train=False)}  # fmt: skip
+            return {"int8": time_int8(runner, shape), engine.precision: time_pass(net, shape, engine, train=False)}
         finally:
             torch.set_num_threads(before)
-        with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-            tmp.write_text(json.dumps(cached, indent=1))
-            os.replace(tmp, path)
-    times = cached[key]
+
+    times = cached_timings("int8.json", key, measure)
     ratio = times["int8"] / times[engine.precision]
     dots = [f for f in DOT_PRODUCT_FLAGS if f in cpu.flags]
     why = f"measured: int8 takes {ratio:.2f}x {engine.precision}'s time ({', '.join(dots) or 'no 8-bit dot products'})"
