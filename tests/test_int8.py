@@ -36,6 +36,7 @@ def test_training_keeps_an_int8_copy_that_restores_within_the_tolerance(trained,
         report["gap_db"]
     )
     model = carekit.load(trained)
+    assert "convolutions in int8" in model.summary() and "dB against float32 on its validation data" in model.summary()
     low, clean = pair
     exact = model.predict(low, "YX", precision="float32")
     quantized = model.predict(low, "YX", precision="int8")
@@ -76,6 +77,7 @@ def test_a_copy_that_loses_more_than_the_tolerance_is_not_kept(tmp_path, pair, m
     report = model.config.int8
     assert not report["kept"] and not (tmp_path / "m" / int8.FILE).exists()
     assert report["float_convolutions"] >= 0 and "gap_db" in report
+    assert "no int8 copy (the best lost" in model.summary()
     with pytest.raises(CarekitError, match=r"lost .* dB against float32 on validation"):
         model.predict(pair[0], "YX", precision="int8")
     assert model.engine("cpu", "auto").precision != "int8"

@@ -161,3 +161,14 @@ def missing(report: dict | None) -> str:
         return (f"no int8 copy (the best lost {report['gap_db']:.2f} dB against float32 on validation, more than "
                 f"{report.get('tolerance_db', TOLERANCE_DB):g})")  # fmt: skip
     return "its int8 copy is missing or was made from other weights"
+
+
+def describe(report: dict | None) -> str:
+    """A phrase for the model's summary: the int8 copy kept, or why the check refused it."""
+    if not report or report.get("skipped"):
+        return ""
+    if report.get("kept"):
+        n, k = report["convolutions"], report.get("float_convolutions", 0)
+        return (f"int8 copy for CPU prediction: {n - k} of {n} convolutions in int8, "
+                f"{-report['gap_db']:+.2f} dB against float32 on its validation data")  # fmt: skip
+    return missing(report)

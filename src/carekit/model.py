@@ -135,6 +135,7 @@ class CARE:
             f"{c.n_channel_in} -> {c.n_channel_out} channel(s); {count_parameters(self.net):,} parameters; "
             f"receptive-field halo {self.net.halo()} px; trained on axes {c.axes}"
             + (f"; {margin}" if (margin := describe_margin(c.baseline)[0]) else "")
+            + (f"; {quantized}" if (quantized := int8.describe(c.int8)) else "")
         )
 
     def warnings(self) -> list[str]:
