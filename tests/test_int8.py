@@ -106,3 +106,22 @@ def test_cli_int8_without_a_copy_is_one_clear_line(tmp_path, pair, capsys):
            str(tmp_path / "t"), "--precision", "int8", "--quiet"]  # fmt: skip
     assert main(bad) == 2
     assert "precision must be one of auto, float32, bfloat16, float16" in capsys.readouterr().err
+
+
+def test_a_damaged_copy_is_one_clear_line_and_auto_predicts_without_it(tmp_path, trained, pair, capsys):
+    import shutil
+
+    import tifffile
+
+    folder = tmp_path / "m"
+    shutil.copytree(trained, folder)
+    (folder / int8.FILE).write_bytes(b"not an onnx graph")
+    tifffile.imwrite(tmp_path / "in.tif", pair[0])
+    args = ["predict", "--model", str(folder), "--input", str(tmp_path / "in.tif"), "--quiet"]
+    assert main([*args, "--output", str(tmp_path / "a.tif"), "--precision", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot load the int8 network" in err and not (tmp_path / "a.tif").exists()
+    with pytest.warns(UserWarning, match="cannot load the int8 network"):
+        restored = carekit.load(folder).predict(pair[0], "YX", precision="auto", device="cpu")
+    exact = carekit.load(folder).predict(pair[0], "YX", precision="float32", device="cpu")
+    assert abs(mean_psnr(restored, pair[1]) - mean_psnr(exact, pair[1])) < 0.05

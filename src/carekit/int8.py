@@ -74,14 +74,12 @@ class Int8Net:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
-            raise CarekitError("int8 prediction needs ONNX Runtime; pip install onnxruntime, "
-                               "or predict with --precision auto") from None  # fmt: skip
+            raise CarekitError("int8 prediction needs ONNX Runtime (pip install onnxruntime)") from None
         self.path = Path(path)
         try:
             self.graph = self.path.read_bytes()
         except OSError as e:
-            raise CarekitError(f"{self.path}: cannot read the int8 network ({e.strerror}); "
-                               "predict with --precision auto") from None  # fmt: skip
+            raise CarekitError(f"{self.path}: cannot read the int8 network ({e.strerror})") from None
         self.sessions: dict[int, object] = {}
         self.lock = threading.Lock()
 
@@ -101,8 +99,8 @@ class Int8Net:
                     self.sessions[threads] = ort.InferenceSession(self.graph, options,
                                                                   providers=["CPUExecutionProvider"])  # fmt: skip
                 except Exception as e:  # ONNX Runtime raises its own exception types
-                    raise CarekitError(f"{self.path}: ONNX Runtime cannot load the int8 network ({e}); "
-                                       "predict with --precision auto") from None  # fmt: skip
+                    raise CarekitError(f"{self.path}: ONNX Runtime cannot load the int8 network "
+                                       f"({str(e).splitlines()[0][:200]})") from None  # fmt: skip
             return self.sessions[threads]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,6 @@ ever unpickled.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from carekit.axes import Layout, check_axes, to_net
 from carekit.baselines import describe_margin
 from carekit.config import Config
 from carekit.engine import Engine, Probe, choose_engine
-from carekit.errors import CarekitError
+from carekit.errors import CarekitError, warn
 from carekit.io import check_finite, check_result, read_json, write_atomic, write_json
 from carekit.nets import packaged
 from carekit.nets.unet import UNet, build_unet, count_parameters, fold_batch_norm
@@ -111,6 +110,7 @@ class CARE:
         self._engine: Engine | None = None
         self._inference: torch.nn.Module | int8.Int8Net | None = None
         self._int8: int8.Int8Net | bool | None = None  # the int8 copy; False: none valid; None: not looked for
+        self._int8_error: str | None = None  # why a copy that should be there did not load
 
     # -- description ----------------------------------------------------------
     @property
@@ -180,23 +180,32 @@ class CARE:
         self._engine = self._inference = self._int8 = None
 
     def int8_net(self) -> int8.Int8Net | None:
-        """The model folder's int8 copy (:mod:`carekit.int8`), where it was kept for these weights."""
+        """The model folder's int8 copy (:mod:`carekit.int8`), where it was kept for these weights and
+        loads (otherwise :attr:`_int8_error` says why it does not)."""
         if self._int8 is None:
             report, path = self.config.int8 or {}, (self.directory or Path()) / int8.FILE
             valid = self.directory is not None and report.get("kept") and path.is_file()
-            self._int8 = False
+            self._int8, self._int8_error = False, None
             if valid and report.get("weights") == int8.fingerprint(self.net):
-                with contextlib.suppress(CarekitError):  # no ONNX Runtime, or it cannot read the file
-                    self._int8 = int8.Int8Net(path)
+                try:
+                    runner = int8.Int8Net(path)
+                    runner.session(1)  # loads the graph: a damaged file fails here
+                    self._int8 = runner
+                except CarekitError as e:  # no ONNX Runtime, or it cannot read the file
+                    self._int8_error = str(e)
         return self._int8 or None
 
     def int8_engine(self, engine: Engine, asked: bool) -> Engine:
-        """``engine``, or int8 where asked for (``asked``) or where the model's int8 copy runs faster here."""
+        """``engine``, or int8 where asked for (``asked``) or where the model's int8 copy runs faster here.
+        A damaged copy is an error where asked for, else a warning: the model's own weights predict."""
         runner = self.int8_net()
+        if runner is None and asked:
+            why = self._int8_error or f"{self.directory or 'this model'}: {int8.missing(self.config.int8)}"
+            raise CarekitError(f"{why}; predict with --precision auto")
         if runner is None:
-            if asked:
-                raise CarekitError(f"{self.directory or 'this model'}: {int8.missing(self.config.int8)}; "
-                                   "predict with --precision auto")  # fmt: skip
+            if self._int8_error:
+                warn(f"{self._int8_error}; predicting in {engine.precision}")
+                self._int8_error = None  # said once
             return engine
         if asked:
             return engine
