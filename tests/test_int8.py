@@ -125,3 +125,18 @@ def test_a_damaged_copy_is_one_clear_line_and_auto_predicts_without_it(tmp_path,
         restored = carekit.load(folder).predict(pair[0], "YX", precision="auto", device="cpu")
     exact = carekit.load(folder).predict(pair[0], "YX", precision="float32", device="cpu")
     assert abs(mean_psnr(restored, pair[1]) - mean_psnr(exact, pair[1])) < 0.05
+
+
+def test_info_system_says_what_int8_copies_get_here():
+    import torch
+
+    from carekit import system
+    from carekit.engine import Engine
+
+    cpu = torch.device("cpu")
+    vnni = system.int8_line(["avx512f", "avx512_vnni"], Engine(cpu, "float32"))
+    assert vnni.startswith("8-bit dot products (avx512_vnni)") and "0.8x of float32's time" in vnni
+    assert system.int8_line(["avx2"], Engine(cpu, "bfloat16")).startswith("no 8-bit dot products listed")
+    assert system.int8_line(None, Engine(torch.device("cuda"), "bfloat16")).startswith("not on cuda")
+    text = system.report("cpu", "auto", measure=False)
+    assert [line for line in text.splitlines() if line.startswith("int8 ")]

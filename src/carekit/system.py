@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from carekit import threads
+from carekit import int8, threads
 from carekit._version import __version__
 from carekit.config import Config
 from carekit.data.pairs import ImagePair
@@ -26,7 +26,7 @@ from carekit.model import CARE
 from carekit.sampling import PatchSampler
 from carekit.trainer import Trainer
 
-SHOWN_FLAGS = ("avx2", "avx512f", *NATIVE_BF16_X86, "avx512_vnni", "amx_int8", "bf16", "asimd", "sve")
+SHOWN_FLAGS = ("avx2", "avx512f", *NATIVE_BF16_X86, "avx512_vnni", "avx_vnni", "amx_int8", "bf16", "asimd", "sve")
 DEFAULT_2D = {"kernel_size": 3, "batch_norm": True, "residual": False}  # the 2D denoising network
 
 
@@ -51,6 +51,16 @@ def facts(device: str = "auto", precision: str = "auto") -> dict:
         "memory_gib": available_memory() / 2**30,
         "engine": engine,
     }
+
+
+def int8_line(flags: list[str] | None, engine: Engine) -> str:
+    """What prediction does with a model's int8 copy here (see :mod:`carekit.int8`)."""
+    if engine.device.type != "cpu":
+        return f"not on {engine.device.type} (int8 copies predict on CPUs)"
+    dots = [f for f in int8.DOT_PRODUCT_FLAGS if flags and f in flags]
+    has = f"8-bit dot products ({', '.join(dots)})" if dots else "no 8-bit dot products listed"
+    return (f"{has}; a model's int8 copy predicts under auto where it measures at most "
+            f"{int8.INT8_GAIN:g}x of {engine.precision}'s time")  # fmt: skip
 
 
 def training_rate(engine: Engine, seconds: float = 2.0) -> float:
@@ -96,6 +106,7 @@ def report(device: str = "auto", precision: str = "auto", measure: bool = True) 
         f"cores       {f['usable_cores']} usable (affinity {f['affinity']}, {quota}); {f['free_cores']} free now",
         f"device      {engine.device.type}",
         f"precision   {engine.precision}: {engine.reason}",
+        f"int8        {int8_line(f['flags'], engine)}",
         f"threads     {f['threads']} ({how})",
         f"OpenMP      GOMP_SPINCOUNT={f['openmp_spin'] or 'unset'}",
         f"memory      {f['memory_gib']:.1f} GiB available to this process",
