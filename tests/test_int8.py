@@ -140,3 +140,21 @@ def test_info_system_says_what_int8_copies_get_here():
     assert system.int8_line(None, Engine(torch.device("cuda"), "bfloat16")).startswith("not on cuda")
     text = system.report("cpu", "auto", measure=False)
     assert [line for line in text.splitlines() if line.startswith("int8 ")]
+
+
+def test_each_channels_network_keeps_its_own_ends_in_float32():
+    convs = [f"c{i}" for i in range(6)]
+    assert quantize.ends(convs, 0, 0) == []
+    assert quantize.ends(convs, 1, 2) == ["c0", "c4", "c5"]
+    assert quantize.ends(convs, 0, 1, members=2) == ["c2", "c5"]
+
+
+def test_a_failed_quantization_keeps_the_trained_model_and_says_why(tmp_path, pair, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this operator\nmore lines")
+
+    monkeypatch.setattr(quantize, "quantized", broken)
+    model = carekit.train(*pair, "YX", tmp_path / "m", epochs=1, steps_per_epoch=5, progress=False, **SETTINGS)
+    assert model.config.int8 == {"kept": False, "skipped": "quantization failed (no kernel for this operator)"}
+    assert (tmp_path / "m" / "weights.safetensors").exists() and not (tmp_path / "m" / int8.FILE).exists()
+    assert np.isfinite(model.predict(pair[0], "YX")).all()

@@ -100,6 +100,14 @@ def quantized(source: Path, target: Path, calibration: list[np.ndarray], keep_fl
         logging.disable(logging.NOTSET)
 
 
+def ends(convs: list[str], first: int, last: int, members: int = 1) -> list[str]:
+    """The first ``first`` and last ``last`` of ``convs`` (in graph order), in each of ``members``
+    networks that run one after the other (independent channels)."""
+    size = len(convs) // members
+    groups = [convs[i * size : (i + 1) * size] for i in range(members)]
+    return [name for g in groups for name in g[:first] + g[len(g) - last :]]
+
+
 def build(trainer: Trainer) -> dict:
     """Quantize the trained network, score it on validation, keep it where it holds (see module doc)."""
     import onnx
@@ -123,13 +131,14 @@ def build(trainer: Trainer) -> dict:
         source = Path(tmp) / "float32.onnx"
         export(care.net, (1, *x.shape[1:]), source)
         convs = [n.name for n in onnx.load(str(source)).graph.node if n.op_type in ("Conv", "ConvTranspose")]
+        members = len(getattr(care.net, "members", ())) or 1  # one U-Net per channel: each has its ends
         reference = score(run(source, x, t.batch_size))
         report.update({"psnr_float32": reference, "convolutions": len(convs)})
         for first, last in FLOAT_ENDS:
             if first + last >= len(convs):
                 break
             target = Path(tmp) / f"int8-{first}-{last}.onnx"
-            quantized(source, target, calibration, convs[:first] + convs[len(convs) - last :])
+            quantized(source, target, calibration, ends(convs, first, last, members))
             psnr = score(run(target, x, t.batch_size))
             if "psnr_int8" not in report or psnr > report["psnr_int8"]:
                 report.update({"psnr_int8": psnr, "gap_db": reference - psnr, "float_convolutions": first + last})
@@ -142,12 +151,20 @@ def build(trainer: Trainer) -> dict:
 
 
 class Int8Check(Callback):
-    """Makes and checks the int8 copy once the best weights are back in the model (after the margin)."""
+    """Makes and checks the int8 copy once the best weights are back in the model (after the margin).
+
+    The copy only speeds prediction up: where export or quantization fails, the trained model is
+    kept without one and the report says why."""
 
     def on_finish(self, trainer: Trainer) -> None:
         reason = why_not(trainer)
         if reason is None:
-            report = build(trainer)
+            try:
+                report = build(trainer)
+            except Exception as e:  # ONNX's and ONNX Runtime's own exception types
+                (trainer.dir / FILE).unlink(missing_ok=True)
+                first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                report = {"kept": False, "skipped": f"quantization failed ({first})"}
         else:
             (trainer.dir / FILE).unlink(missing_ok=True)
             report = {"kept": False, "skipped": reason}
