@@ -118,10 +118,19 @@ def test_the_loss_is_chosen_by_name_in_the_api_and_the_cli(tmp_path):
     tifffile.imwrite(tmp_path / "low.tif", low)
     tifffile.imwrite(tmp_path / "high.tif", clean)
     args = ["train", "--low", str(tmp_path / "low.tif"), "--high", str(tmp_path / "high.tif"), "--axes", "YX",
-            "--model", str(tmp_path / "cli"), "--loss", "mse", "--epochs", "1", "--steps-per-epoch", "2",
+            "--model", str(tmp_path / "cli"), "--loss", "mae", "--epochs", "1", "--steps-per-epoch", "2",
             "--patch-size", "32,32", "--n-first", "8", "--precision", "float32", "--quiet"]  # fmt: skip
     assert main(args) == 0
-    assert carekit.load(tmp_path / "cli").config.train.loss == "mse"
+    assert carekit.load(tmp_path / "cli").config.train.loss == "mae"
+
+
+def test_denoising_trains_with_the_squared_error_unless_told(tmp_path):
+    clean = blobs((96, 96), seed=4, density=0.01)
+    settings = {"epochs": 1, "steps_per_epoch": 2, "patch_size": (32, 32), "progress": False, **TINY}
+    model = carekit.train(noisy(clean, peak=3), clean, "YX", tmp_path / "m", **settings)
+    assert model.config.train.loss == "mse"
+    resumed = carekit.train(noisy(clean, peak=3), clean, "YX", tmp_path / "m", resume=True, **settings)
+    assert resumed.config.train.loss == "mse"
 
 
 def test_default_networks_by_mode():

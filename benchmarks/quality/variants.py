@@ -21,6 +21,8 @@ VARIANTS: dict[str, dict] = {
     "warm-lr2e-4": {**BN_NET, "init": "pretrained", "learning_rate": 2e-4},
     "warm-cosine": {**BN_NET, "init": "pretrained", "lr_schedule": "cosine"},
     "warm-cosine-lr2e-4": {**BN_NET, "init": "pretrained", "lr_schedule": "cosine", "learning_rate": 2e-4},
+    "mse": {"loss": "mse"},  # denoising's default since it won leave-one-dataset-out at 20 photons
+    "mae": {"loss": "mae"},  # the paper's loss, the default before
     "spe50": SHORT_EPOCHS,
     "spe50-cosine": {**SHORT_EPOCHS, "lr_schedule": "cosine"},
     "spe50-residual": {**SHORT_EPOCHS, "residual": True},

@@ -297,6 +297,7 @@ class TrainConfig:
 # Every NetConfig and TrainConfig field is a flag of 'carekit train' (``--kernel-size`` for
 # ``kernel_size``); these are the flags' help texts and choices (a field without help shows its default).
 FIELD_HELP = {
+    "loss": "mse or mae (default: mse for denoising, synthetic, Noise2Void and Noise2Noise; mae for the other modes)",
     "int8": "keep an int8 copy for fast CPU prediction where it scores within 0.05 dB of float32 (default on)",
     "kernel_size": "convolution kernel edge (default 3)",
     "batch_norm": "batch normalisation after convolutions (denoising default: on without the residual, off with it)",
