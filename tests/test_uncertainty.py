@@ -189,7 +189,7 @@ def test_every_mode_can_be_probabilistic(tmp_path):
 
 
 def test_scale_head_does_not_change_how_the_mean_learns(tmp_path):
-    """The mean of a probabilistic model trains as a plain model's with MAE (beta-NLL, scale head on detached features)."""
+    """A probabilistic model's mean trains as a plain MAE model's (beta-NLL, scale head on detached features)."""
     clean = blobs((96, 96), seed=4)
     settings = {**TINY, "epochs": 2, "steps_per_epoch": 10, "patch_size": (32, 32), "loss": "mae"}
     settings |= {"residual": True, "batch_norm": False}
