@@ -127,3 +127,36 @@ def test_calibration_frames_are_checked():
     bad[1, 3, 3] = np.nan
     with pytest.raises(CarekitError, match="NaN"):
         camera_from_repeats(bad)
+
+
+# -- fresh inputs for denoising pairs ----------------------------------------------------------------
+def test_a_pairs_camera_is_read_from_input_and_target():
+    from carekit.noise import redraw_from_pairs
+
+    clean = blobs((2, 128, 128), seed=3, density=0.004, sigma=2.0) * 500 + 20  # a target in its own units
+    photons = to_photons(clean, 20.0)
+    low = poisson_gaussian(photons, np.random.default_rng(0), read_sigma=2.0) + 100  # camera offset
+    found, why = redraw_from_pairs([low], [clean])
+    assert found is not None, why
+    mean = found.gain * clean + found.offset
+    assert np.abs(mean - (photons + 100)).max() < 0.3  # the input's expectation, from the target
+    assert abs(found.camera.a - 1.0) < 0.1  # variance photons + 4 at the offset intensity photons + 100
+    assert np.abs(found.camera.variance(mean) / (photons + 4.0) - 1).max() < 0.1
+    drawn = found.draw(clean, np.random.default_rng(1))
+    assert abs(np.var(drawn - mean) / np.var(low - mean) - 1) < 0.05
+    assert abs(np.corrcoef((drawn - mean)[..., 1:].ravel(), (low - mean)[..., 1:].ravel())[0, 1]) < 0.05
+    skew = np.mean((drawn - mean) ** 3) / np.mean((low - mean) ** 3)  # few photons: skewed, as counted
+    assert 0.5 < skew < 1.5
+
+
+@pytest.mark.parametrize("change", ["blurred", "shifted"])
+def test_an_input_that_is_not_its_target_plus_noise_is_left_alone(change):
+    from scipy.ndimage import gaussian_filter, shift
+
+    from carekit.noise import redraw_from_pairs
+
+    clean = blobs((2, 128, 128), seed=3, density=0.004, sigma=1.5)
+    seen = gaussian_filter(clean, (0, 2, 2)) if change == "blurred" else shift(clean, (0, 0, 1.5), order=1)
+    low = poisson_gaussian(to_photons(seen, 100.0), np.random.default_rng(0), read_sigma=2.0)
+    found, why = redraw_from_pairs([low], [clean])
+    assert found is None and "correlates along" in why

@@ -136,3 +136,29 @@ def test_planes_of_one_array_share_one_normalisation():
     # separate arrays keep their own: the dim one is stretched to the bright one's range
     apart = PatchSampler(pairs_from_arrays(list(low), list(high), "YX", "YX"), (32, 32), val_fraction=0, threshold=0)
     np.testing.assert_allclose(apart.high_tables[1], 0.1 * apart.high_tables[0], rtol=1e-6)
+
+
+def test_redrawn_inputs_carry_fresh_noise_of_the_pairs_camera():
+    from conftest import blobs, noisy
+    from scipy.ndimage import gaussian_filter
+
+    clean = blobs((160, 160), seed=5, density=0.004, sigma=2.0)
+    low = noisy(clean, peak=20)
+    blurred = noisy(gaussian_filter(clean, 2), peak=20)  # not its target plus noise: keeps its own input
+    pairs = [ImagePair("a", low[None], clean[None]), ImagePair("b", blurred[None], clean[None])]
+    options = {"val_fraction": 0, "threshold": 0, "augment": False}
+    sampler = PatchSampler(pairs, (32, 32), redraw=1.0, **options)
+    report = sampler.redraw_report()
+    assert (report["pairs"], report["of"]) == (1, 2) and report["notes"][0].startswith("b, channel 0: ")
+    assert PatchSampler(pairs, (32, 32), **options).redraw_report() is None
+    whole = [ImagePair("a", low[None, :128, :128], clean[None, :128, :128])]  # one patch: every draw cuts it
+    a = PatchSampler(whole, (128, 128), redraw=1.0, **options)
+    first, _ = PatchSampler(whole, (128, 128), **options).batch(np.random.default_rng(0), 200)
+    fresh = [a.batch(np.random.default_rng(seed), 200)[0] for seed in (0, 1)]
+    assert not np.allclose(fresh[0], fresh[1])
+    # the stored input and a redrawn one differ by two noise realisations: twice one's variance
+    assert abs(np.var(fresh[0] - first) / np.var(fresh[0] - fresh[1]) - 1) < 0.1
+    assert abs(np.mean(fresh[0] - first)) < 0.01 * np.std(first)  # around the same expectation
+    kept = PatchSampler(pairs[1:], (32, 32), redraw=1.0, **options)
+    own, _ = kept.batch(np.random.default_rng(0), 4)
+    assert np.array_equal(own, PatchSampler(pairs[1:], (32, 32), **options).batch(np.random.default_rng(0), 4)[0])

@@ -246,6 +246,7 @@ class TrainConfig:
     lr_factor: float = 0.5
     ema: float = 0.0
     intensity_jitter: bool | None = None
+    redraw: float = 0.0
     patch_size: tuple[int, ...] | None = None
     validation_fraction: float = 0.1
     validation_patches: int = 64
@@ -283,6 +284,7 @@ class TrainConfig:
         require(0 <= self.ema < 1, f"ema must be in [0, 1) (0 turns it off), got {self.ema}")
         jitter = self.intensity_jitter
         require(jitter is None or isinstance(jitter, bool), f"intensity jitter must be true, false or null: {jitter}")
+        require(0 <= self.redraw <= 1, f"redraw must be a share in [0, 1] (0 turns it off), got {self.redraw}")
         require(0 <= self.validation_fraction < 1, "validation fraction must be in [0, 1)")
         require(0 <= self.validation_patches <= 10**6, "validation patches must be 0..1000000")
         require(0 <= self.background_threshold < 1, "background threshold must be in [0, 1)")
@@ -311,6 +313,8 @@ FIELD_HELP = {
     "patch_size": "e.g. 64,64 (2D) or 16,64,64 (3D)",
     "ema": "save a running average of the weights, this decay per step (0: off)",
     "intensity_jitter": "normalise patches with random percentiles (default: with the residual, else 2 and 99.8)",
+    "redraw": "share of training inputs drawn afresh around their targets with the camera noise fitted to each "
+    "pair (denoising default 1: all, where a pair's input is its target plus white noise; 0: off)",
     "validation_fraction": "share of the pixels held out for validation (default 0.1)",
     "init": "start from carekit's pre-trained network where there is one (default), or from scratch",
 }
@@ -337,6 +341,7 @@ class Config:
     calibration: dict[str, Any] | None = None
     baseline: dict[str, Any] | None = None  # the network against the best simple filter (carekit.margin)
     int8: dict[str, Any] | None = None  # the quantized copy's check on validation (carekit.quantize)
+    redraw: dict[str, Any] | None = None  # which training pairs had their inputs redrawn (carekit.sampling)
 
     def __post_init__(self) -> None:
         check_types(self)

@@ -26,6 +26,7 @@ from carekit.errors import CarekitError, warn
 from carekit.io import check_finite, check_result, read_json, write_atomic, write_json
 from carekit.nets import packaged
 from carekit.nets.unet import UNet, build_unet, count_parameters, fold_batch_norm
+from carekit.noise import describe_redraw
 from carekit.normalize import PREDICT_PERCENTILES, IntensityMap, normalize, percentiles
 from carekit.registry import Mode, mode_of, supporting
 from carekit.tiling import Progress, predict_tiled
@@ -136,6 +137,7 @@ class CARE:
             f"receptive-field halo {self.net.halo()} px; trained on axes {c.axes}"
             + (f"; {margin}" if (margin := describe_margin(c.baseline)[0]) else "")
             + (f"; {quantized}" if (quantized := int8.describe(c.int8)) else "")
+            + (f"; {redrawn}" if (redrawn := describe_redraw(c.redraw)) else "")
         )
 
     def warnings(self) -> list[str]:

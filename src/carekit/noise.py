@@ -195,3 +195,97 @@ def fit_posterior(noisy: list[np.ndarray], estimates: list[np.ndarray], camera: 
     if not centres:
         return Posterior((0.0,), (0.0,))
     return Posterior(tuple(centres), tuple(weights))
+
+
+# -- fresh inputs for denoising pairs ------------------------------------------------------------
+WHITE_LIMIT = 0.1  # neighbour correlation of a pair's residual beyond which it is not the camera's noise alone
+LEAST_RESIDUAL_PIXELS = 4096  # 16 intensity bins of 256
+MAX_SIDE = 2048  # a plane's central crop read by the paired fit
+
+
+@dataclass(frozen=True)
+class Redraw:
+    """A low-SNR input as ``gain * high + offset`` plus the camera's noise, in the input's units.
+
+    Training on registered pairs shows the network one noise realisation of each target, again and
+    again; on a few small images it learns that realisation. Redrawing the noise around the target
+    gives it new ones (fitted per channel by :func:`redraw_from_pairs`). The noise is drawn as a
+    camera makes it: photons counted above the darkest expected intensity ``dark`` (Poisson, ``a``
+    units each), plus Gaussian read noise of the variance left at ``dark``, so that dim pixels get
+    the skew of few photons and not a symmetric spread.
+    """
+
+    gain: float
+    offset: float
+    camera: Camera
+    dark: float
+
+    def draw(self, high: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        mean = (self.gain * np.asarray(high, np.float32) + self.offset).astype(np.float32)
+        a, read = self.camera.a, float(self.camera.variance(np.float32(self.dark)))
+        if a <= 0:  # no photon part: the read noise alone
+            return mean + np.sqrt(read).astype(np.float32) * rng.standard_normal(mean.shape, dtype=np.float32)
+        photons = np.maximum(mean - self.dark, 0) / a
+        out = (rng.poisson(photons).astype(np.float32) - photons) * np.float32(a) + mean
+        return out + np.float32(np.sqrt(read)) * rng.standard_normal(mean.shape, dtype=np.float32)
+
+
+def _crop(plane: np.ndarray) -> np.ndarray:
+    return plane[tuple(slice(max(0, (s - MAX_SIDE) // 2), max(0, (s - MAX_SIDE) // 2) + MAX_SIDE) for s in plane.shape)]
+
+
+def redraw_from_pairs(lows: list[np.ndarray], highs: list[np.ndarray]) -> tuple[Redraw | None, str]:
+    """How the inputs ``lows`` follow their targets ``highs`` (one channel: arrays of the same shape
+    whose last two axes are planes), or None and why not.
+
+    ``low = gain * high + offset`` by least squares; what is left must be the camera's noise: white
+    (neighbouring pixels correlate by less than :data:`WHITE_LIMIT` along y and along x; a blurred,
+    shifted or differently lit input leaves structure that is not) and of a variance that follows
+    the Poisson-Gaussian line of the intensity (fitted per intensity bin, as :func:`camera_from_repeats`).
+    """
+    pl = [(_crop(a), _crop(b)) for image_a, image_b in zip(lows, highs, strict=True)
+          for a, b in zip(np.reshape(image_a, (-1, *np.shape(image_a)[-2:])),
+                          np.reshape(image_b, (-1, *np.shape(image_b)[-2:])), strict=True)]  # fmt: skip
+    step = max(1, int(np.ceil(sum(a.size for a, _ in pl) / MAX_PIXELS)))  # planes evenly picked, only those read
+    pl = [(np.asarray(a, np.float64), np.asarray(b, np.float64)) for a, b in pl[::step] if min(a.shape) >= 3]
+    if not pl or sum(a.size for a, _ in pl) < LEAST_RESIDUAL_PIXELS:
+        return None, "too few pixels to read the camera's noise from"
+    x = np.concatenate([b.ravel() for _, b in pl])
+    y = np.concatenate([a.ravel() for a, _ in pl])
+    if np.ptp(x) == 0:
+        return None, "the target is constant"
+    gain, offset = np.polyfit(x, y, 1)
+    if gain <= 0:
+        return None, "the input does not grow with the target"
+    residuals = [a - (gain * b + offset) for a, b in pl]
+    variance = sum(float(np.sum(r**2)) for r in residuals) / sum(r.size for r in residuals)
+    for axis, name in ((-1, "x"), (-2, "y")):
+        # mean squared step between neighbours = 2 * variance * (1 - correlation)
+        steps = [np.diff(r, axis=axis) for r in residuals]
+        step2 = sum(float(np.sum(s**2)) for s in steps) / sum(s.size for s in steps)
+        corr = 1 - step2 / (2 * variance) if variance > 0 else 1.0
+        if abs(corr) > WHITE_LIMIT:
+            return None, (f"what the input holds beyond the target correlates along {name} by {corr:.2f} "
+                          "(not the camera's noise alone: blur, shifts or other light)")  # fmt: skip
+    r = np.concatenate([res.ravel() for res in residuals])
+    level = gain * x + offset
+    means, variances = [], []
+    for sel in intensity_bins(level, BINS):
+        d = r[sel]
+        spread = MAD_TO_SIGMA * np.median(np.abs(d - np.median(d)))
+        kept = d[np.abs(d - np.median(d)) <= 8 * spread] if spread > 0 else d
+        means.append(float(level[sel].mean()))
+        variances.append(float(np.var(kept)))
+    if not variances or max(variances) <= 0:
+        return None, "the input holds no noise beyond the target"
+    camera = camera_line(means, variances, min(v for v in variances if v > 0))
+    return Redraw(float(gain), float(offset), camera, float(np.percentile(level, 0.1))), ""
+
+
+def describe_redraw(report: dict | None) -> str:
+    """One line on a model's redrawn training inputs (empty where they were not redrawn)."""
+    if not report:
+        return ""
+    line = (f"{report['share']:.0%} of training inputs redrawn around their targets with the camera noise fitted to "
+            f"the pairs ({report['pairs']} of {report['of']} pairs)")  # fmt: skip
+    return line + (f"; kept as acquired: {report['notes'][0]}" if report.get("notes") else "")

@@ -24,6 +24,7 @@ from scipy.ndimage import maximum_filter
 
 from carekit.data.pairs import ImagePair
 from carekit.errors import CarekitError
+from carekit.noise import Redraw, redraw_from_pairs
 from carekit.normalize import (
     PREDICT_PERCENTILES,
     TRAIN_HIGH_RANGE,
@@ -76,6 +77,25 @@ def source_tables(pairs: list[ImagePair], q: np.ndarray) -> tuple[list[np.ndarra
     return low, high
 
 
+def redraw_models(pairs: list[ImagePair]) -> tuple[list[list[Redraw] | None], list[str]]:
+    """Per pair, the fitted noise of each of its channels (None where input and target differ in shape
+    or a channel's fit fails), and a note for each pair that keeps its own inputs. Each pair has its
+    own fit: two acquisitions of a pair share their light, but other pairs may differ in it."""
+    models: list[list[Redraw] | None] = [None] * len(pairs)
+    notes = []
+    for i, p in enumerate(pairs):
+        if p.low.shape != p.high.shape:
+            notes.append(f"{p.name}: input and target differ in shape")
+            continue
+        fitted = [redraw_from_pairs([p.low[c]], [p.high[c]]) for c in range(p.high.shape[0])]
+        failed = [f"channel {c}: {why}" for c, (found, why) in enumerate(fitted) if found is None]
+        if failed:
+            notes.append(f"{p.name}, {failed[0]}")
+        else:
+            models[i] = [found for found, _ in fitted]
+    return models, notes
+
+
 def augmented(rng: np.random.Generator, arrays: tuple[np.ndarray, ...], rotate: bool) -> tuple[np.ndarray, ...]:
     """``arrays`` flipped alike along y and x at random (and, with ``rotate``, rotated by a random
     multiple of 90° in the lateral plane), contiguous."""
@@ -119,7 +139,7 @@ class PatchSampler:
 
     def __init__(self, pairs: list[ImagePair], patch_size: tuple[int, ...], *, val_fraction: float = 0.1,
                  threshold: float = 0.4, augment: bool = True, rotate: bool = True,
-                 jitter: bool = False, input_units: bool = False) -> None:  # fmt: skip
+                 jitter: bool = False, input_units: bool = False, redraw: float = 0.0) -> None:  # fmt: skip
         if not pairs:
             raise CarekitError("no training pairs")
         self.pairs = pairs
@@ -142,6 +162,8 @@ class PatchSampler:
                 )
         q = np.concatenate([LOW_GRID, HIGH_GRID, PREDICT_PERCENTILES])
         self.low_tables, self.high_tables = source_tables(pairs, q)
+        self.redraw = float(redraw)
+        self.redraws, self.redraw_notes = redraw_models(pairs) if redraw > 0 else ([None] * len(pairs), [])
         if input_units:  # the target's range at the prediction's percentiles: 0 to the input's span
             for table, target in zip(self.low_tables, self.high_tables, strict=True):
                 target[:, -2:] = np.stack([np.zeros(len(table)), table[:, -1] - table[:, -2]], axis=1)
@@ -152,6 +174,13 @@ class PatchSampler:
         self.intensity_map = IntensityMap.fit(
             [t[:, n : n + 2] for t in self.low_tables], [t[:, n : n + 2] for t in self.high_tables]
         )
+
+    def redraw_report(self) -> dict | None:
+        """The share of redrawn inputs and how many pairs have them (None where redrawing is off)."""
+        if self.redraw <= 0:
+            return None
+        used = sum(m is not None for m in self.redraws)
+        return {"share": self.redraw, "pairs": used, "of": len(self.pairs), "notes": self.redraw_notes[:3]}
 
     # -- setting up -------------------------------------------------------------
     def _split(self, val_fraction: float) -> tuple[list, list]:
@@ -262,6 +291,9 @@ class PatchSampler:
         for _ in range(size):
             region = self.train_regions[self._draw(rng, self.train_regions)]
             x, y = self._cut(region, int(region.corners[rng.integers(region.corners.size)]))
+            fresh = self.redraws[region.pair]
+            if fresh is not None and rng.random() < self.redraw:
+                x = np.stack([f.draw(channel, rng) for f, channel in zip(fresh, y, strict=True)])
             lo_q, hi_q = PREDICT_PERCENTILES
             if self.jitter:
                 lo_q, hi_q = rng.uniform(*TRAIN_LOW_RANGE), rng.uniform(*TRAIN_HIGH_RANGE)

@@ -141,8 +141,9 @@ def train_mode(kind: Mode, model_dir: str | Path, inputs: dict, *, resume: bool 
     settle(config, data.pairs)
     t = config.train
     options = {"val_fraction": t.validation_fraction, "threshold": t.background_threshold, "augment": t.augment,
-               "jitter": t.intensity_jitter, **(kind.sampler_options or {})}  # fmt: skip
+               "jitter": t.intensity_jitter, "redraw": t.redraw, **(kind.sampler_options or {})}  # fmt: skip
     sampler = PatchSampler(data.pairs, t.patch_size, **options)
+    config.redraw = sampler.redraw_report()
     if kind.sampler is not None:
         sampler = kind.sampler(sampler, config)
     model = fit(sampler, config, model_dir, resume=resume, record=record, **run)
