@@ -3,6 +3,7 @@ import csv
 import numpy as np
 import pytest
 from conftest import TINY, blobs, noisy
+from scipy.ndimage import gaussian_filter
 
 import carekit
 from carekit.errors import CarekitError
@@ -131,6 +132,21 @@ def test_denoising_trains_with_the_squared_error_unless_told(tmp_path):
     assert model.config.train.loss == "mse"
     resumed = carekit.train(noisy(clean, peak=3), clean, "YX", tmp_path / "m", resume=True, **settings)
     assert resumed.config.train.loss == "mse"
+
+
+def test_denoising_redraws_inputs_around_their_targets_unless_told(tmp_path):
+    from carekit.modes.denoise import DENOISE_TRAINING
+
+    clean = blobs((96, 96), seed=4, density=0.01)
+    settings = {"epochs": 1, "steps_per_epoch": 2, "patch_size": (32, 32), "progress": False, **TINY}
+    model = carekit.train(noisy(clean, peak=3), clean, "YX", tmp_path / "m", **settings)
+    assert model.config.train.redraw == DENOISE_TRAINING["redraw"] > 0
+    assert (model.config.redraw["pairs"], model.config.redraw["of"]) == (1, 1)
+    assert "training inputs redrawn around their targets" in model.summary()
+    off = carekit.train(noisy(clean, peak=3), clean, "YX", tmp_path / "off", redraw=0.0, **settings)
+    assert off.config.redraw is None and "redrawn" not in off.summary()
+    blurred = carekit.train(noisy(gaussian_filter(clean, 2), peak=30), clean, "YX", tmp_path / "b", **settings)
+    assert blurred.config.redraw["pairs"] == 0 and "kept as acquired" in blurred.summary()
 
 
 def test_default_networks_by_mode():

@@ -21,8 +21,12 @@ VARIANTS: dict[str, dict] = {
     "warm-lr2e-4": {**BN_NET, "init": "pretrained", "learning_rate": 2e-4},
     "warm-cosine": {**BN_NET, "init": "pretrained", "lr_schedule": "cosine"},
     "warm-cosine-lr2e-4": {**BN_NET, "init": "pretrained", "lr_schedule": "cosine", "learning_rate": 2e-4},
-    "mse": {"loss": "mse"},  # denoising's default since it won leave-one-dataset-out at 20 photons
+    "mse": {"loss": "mse"},  # denoising's default loss since it won leave-one-dataset-out at 20 photons
     "mae": {"loss": "mae"},  # the paper's loss, the default before
+    # denoising's default since it won leave-one-dataset-out at 20 photons: every input drawn afresh
+    "redraw100": {"redraw": 1.0},
+    "redraw50": {"redraw": 0.5},
+    "no-redraw": {"redraw": 0.0},  # the acquired inputs only, the default before
     "spe50": SHORT_EPOCHS,
     "spe50-cosine": {**SHORT_EPOCHS, "lr_schedule": "cosine"},
     "spe50-residual": {**SHORT_EPOCHS, "residual": True},
