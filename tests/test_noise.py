@@ -160,3 +160,11 @@ def test_an_input_that_is_not_its_target_plus_noise_is_left_alone(change):
     low = poisson_gaussian(to_photons(seen, 100.0), np.random.default_rng(0), read_sigma=2.0)
     found, why = redraw_from_pairs([low], [clean])
     assert found is None and "correlates along" in why
+
+
+def test_an_input_without_noise_is_left_alone():
+    from carekit.noise import redraw_from_pairs
+
+    clean = blobs((2, 96, 96), seed=3)
+    found, why = redraw_from_pairs([clean * 3 + 1], [clean])
+    assert found is None and why == "the input holds no noise beyond the target"

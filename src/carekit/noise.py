@@ -259,11 +259,13 @@ def redraw_from_pairs(lows: list[np.ndarray], highs: list[np.ndarray]) -> tuple[
         return None, "the input does not grow with the target"
     residuals = [a - (gain * b + offset) for a, b in pl]
     variance = sum(float(np.sum(r**2)) for r in residuals) / sum(r.size for r in residuals)
+    if variance <= 1e-8 * np.var(y):  # float rounding at most
+        return None, "the input holds no noise beyond the target"
     for axis, name in ((-1, "x"), (-2, "y")):
         # mean squared step between neighbours = 2 * variance * (1 - correlation)
         steps = [np.diff(r, axis=axis) for r in residuals]
         step2 = sum(float(np.sum(s**2)) for s in steps) / sum(s.size for s in steps)
-        corr = 1 - step2 / (2 * variance) if variance > 0 else 1.0
+        corr = 1 - step2 / (2 * variance)
         if abs(corr) > WHITE_LIMIT:
             return None, (f"what the input holds beyond the target correlates along {name} by {corr:.2f} "
                           "(not the camera's noise alone: blur, shifts or other light)")  # fmt: skip
@@ -277,7 +279,7 @@ def redraw_from_pairs(lows: list[np.ndarray], highs: list[np.ndarray]) -> tuple[
         means.append(float(level[sel].mean()))
         variances.append(float(np.var(kept)))
     if not variances or max(variances) <= 0:
-        return None, "the input holds no noise beyond the target"
+        return None, "the input holds no noise beyond the target"  # every bin's spread trimmed to none
     camera = camera_line(means, variances, min(v for v in variances if v > 0))
     return Redraw(float(gain), float(offset), camera, float(np.percentile(level, 0.1))), ""
 
