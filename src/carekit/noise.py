@@ -60,12 +60,24 @@ class Camera:
         return np.maximum(self.a * np.maximum(intensity, 0) + self.b, max(self.floor, 1e-12))
 
 
-def planes(images: list[np.ndarray], max_pixels: int = MAX_PIXELS) -> list[np.ndarray]:
-    """2D planes (last two axes) of ``images``, evenly picked up to about ``max_pixels``."""
-    found = [p for image in images for p in np.asarray(image, np.float32).reshape(-1, *np.shape(image)[-2:])]
+def planes(images: list[np.ndarray], max_pixels: int = MAX_PIXELS, *, side: int | None = None,
+           dtype=np.float32) -> list[np.ndarray]:  # fmt: skip
+    """2D planes (last two axes) of ``images``, evenly picked up to about ``max_pixels`` and only those
+    converted to ``dtype``; with ``side``, each plane's central crop of at most ``side`` pixels a side."""
+    found = [p for image in images for p in np.reshape(image, (-1, *np.shape(image)[-2:]))]
+    if side is not None:
+        found = [p[tuple(slice(max(0, (s - side) // 2), max(0, (s - side) // 2) + side) for s in p.shape)]
+                 for p in found]  # fmt: skip
     total = sum(p.size for p in found)
     step = max(1, int(np.ceil(total / max_pixels)))
-    return found[::step]
+    return [np.asarray(p, dtype) for p in found[::step]]
+
+
+def trimmed(values: np.ndarray, centre: float) -> np.ndarray:
+    """``values`` within eight robust deviations (median absolute deviation) of ``centre``: what a
+    moving object or a stray bright pixel adds to a bin is left out."""
+    spread = MAD_TO_SIGMA * np.median(np.abs(values - np.median(values)))
+    return values[np.abs(values - centre) <= 8 * spread] if spread > 0 else values
 
 
 def intensity_bins(values: np.ndarray, bins: int) -> Iterator[np.ndarray]:
@@ -131,9 +143,7 @@ def camera_from_repeats(frames: np.ndarray, what: str = "noise calibration") -> 
     level = np.concatenate([(0.5 * (f[t + 1] + f[t])).ravel()[::step] for t in range(f.shape[0] - 1)])
     means, variances = [], []
     for sel in intensity_bins(level, BINS):
-        d = diff[sel]
-        spread = MAD_TO_SIGMA * np.median(np.abs(d - np.median(d)))
-        kept = d[np.abs(d) <= 8 * spread] if spread > 0 else d
+        kept = trimmed(diff[sel], 0.0)
         means.append(float(level[sel].mean()))
         variances.append(float(np.mean(kept**2) / 2))
     if not variances or max(variances) <= 0:
@@ -230,10 +240,6 @@ class Redraw:
         return out + np.float32(np.sqrt(read)) * rng.standard_normal(mean.shape, dtype=np.float32)
 
 
-def _crop(plane: np.ndarray) -> np.ndarray:
-    return plane[tuple(slice(max(0, (s - MAX_SIDE) // 2), max(0, (s - MAX_SIDE) // 2) + MAX_SIDE) for s in plane.shape)]
-
-
 def redraw_from_pairs(lows: list[np.ndarray], highs: list[np.ndarray]) -> tuple[Redraw | None, str]:
     """How the inputs ``lows`` follow their targets ``highs`` (one channel: arrays of the same shape
     whose last two axes are planes), or None and why not.
@@ -243,11 +249,8 @@ def redraw_from_pairs(lows: list[np.ndarray], highs: list[np.ndarray]) -> tuple[
     shifted or differently lit input leaves structure that is not) and of a variance that follows
     the Poisson-Gaussian line of the intensity (fitted per intensity bin, as :func:`camera_from_repeats`).
     """
-    pl = [(_crop(a), _crop(b)) for image_a, image_b in zip(lows, highs, strict=True)
-          for a, b in zip(np.reshape(image_a, (-1, *np.shape(image_a)[-2:])),
-                          np.reshape(image_b, (-1, *np.shape(image_b)[-2:])), strict=True)]  # fmt: skip
-    step = max(1, int(np.ceil(sum(a.size for a, _ in pl) / MAX_PIXELS)))  # planes evenly picked, only those read
-    pl = [(np.asarray(a, np.float64), np.asarray(b, np.float64)) for a, b in pl[::step] if min(a.shape) >= 3]
+    picked = [planes(images, side=MAX_SIDE, dtype=np.float64) for images in (lows, highs)]
+    pl = [(a, b) for a, b in zip(*picked, strict=True) if min(a.shape) >= 3]
     if not pl or sum(a.size for a, _ in pl) < LEAST_RESIDUAL_PIXELS:
         return None, "too few pixels to read the camera's noise from"
     x = np.concatenate([b.ravel() for _, b in pl])
@@ -269,13 +272,11 @@ def redraw_from_pairs(lows: list[np.ndarray], highs: list[np.ndarray]) -> tuple[
         if abs(corr) > WHITE_LIMIT:
             return None, (f"what the input holds beyond the target correlates along {name} by {corr:.2f} "
                           "(not the camera's noise alone: blur, shifts or other light)")  # fmt: skip
-    r = np.concatenate([res.ravel() for res in residuals])
     level = gain * x + offset
+    r = y - level
     means, variances = [], []
     for sel in intensity_bins(level, BINS):
-        d = r[sel]
-        spread = MAD_TO_SIGMA * np.median(np.abs(d - np.median(d)))
-        kept = d[np.abs(d - np.median(d)) <= 8 * spread] if spread > 0 else d
+        kept = trimmed(r[sel], float(np.median(r[sel])))
         means.append(float(level[sel].mean()))
         variances.append(float(np.var(kept)))
     if not variances or max(variances) <= 0:
