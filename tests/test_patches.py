@@ -91,6 +91,40 @@ def test_validation_slab_never_overlaps_training():
     assert train_region.box[-1] == slice(0, 96) and val_region.box[-1] == slice(96, 128)
 
 
+def test_a_thin_validation_slab_takes_context_from_training_and_scores_only_held_out_pixels():
+    high = np.random.default_rng(0).random((1, 100, 256)).astype(np.float32)
+    sampler = PatchSampler([ImagePair("r", high, high)], (64, 64), val_fraction=0.1, threshold=0.0, augment=False)
+    (train,), (val,) = sampler.train_regions, sampler.val_regions
+    assert train.box[-1] == slice(0, 230)  # 10 % of 256 columns held out, not a whole 64-column patch
+    assert val.box[-1] == slice(192, 256) and val.held == (1, 230)
+    _, y, mask = sampler.validation(8)
+    assert mask.shape == y.shape
+    np.testing.assert_array_equal(mask[:, :, :, :38], 0)  # columns 192..229: training context only
+    np.testing.assert_array_equal(mask[:, :, :, 38:], 1)  # columns 230..255: held out, scored
+    ends = [int(np.unravel_index(c, train.grid)[1]) + 64 for c in train.corners]
+    assert max(ends) == 230  # training patches reach the cut and never a held-out column
+
+
+def test_margin_and_validation_loss_score_only_the_held_out_pixels():
+    import torch
+
+    from carekit.baselines import mean_psnr
+    from carekit.margin import planes, scored_planes
+    from carekit.trainer import mean_error
+
+    rng = np.random.default_rng(1)
+    high = rng.random((1, 100, 256)).astype(np.float32)
+    sampler = PatchSampler([ImagePair("r", high, high)], (64, 64), val_fraction=0.1, threshold=0.0)
+    val = sampler.validation(4)
+    wrong_context = val[1].copy()
+    wrong_context[..., :38] += 5.0  # a prediction that is exact on held-out pixels, wrong elsewhere
+    assert float(mean_error(torch.from_numpy(wrong_context), torch.from_numpy(val[1]), torch.from_numpy(val[2]))) == 0
+    _, truth, scored, boxes = scored_planes(val, np.arange(4))
+    assert scored.all() and all(b[1] == slice(38, 64) for b in boxes)
+    exact = mean_psnr(planes(wrong_context), truth, boxes)
+    assert exact > mean_psnr(planes(wrong_context), truth) + 20
+
+
 def test_validation_holds_out_the_fraction_as_whole_images_when_slabs_would_be_too_wide():
     # a slab must be one patch wide: 32 of 64 columns would hold out half of every image
     pairs = [square_pair(64) for _ in range(20)]
@@ -113,8 +147,10 @@ def test_patch_larger_than_image():
 
 
 def test_image_too_small_for_validation():
+    # a slab is at least a quarter patch (8 columns): 36 - 8 leaves less than a patch to train on
     with pytest.raises(CarekitError, match="validation-fraction 0"):
-        PatchSampler([square_pair(48)], (32, 32), val_fraction=0.1)
+        PatchSampler([square_pair(36)], (32, 32), val_fraction=0.1)
+    PatchSampler([square_pair(48)], (32, 32), val_fraction=0.1)  # 40 columns train, 8 validate
 
 
 def test_three_d_patches_and_fixed_validation():

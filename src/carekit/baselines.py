@@ -43,11 +43,15 @@ def nlm(image: np.ndarray, *, h: float = 0.8, patch_size: int = 5, patch_distanc
     return out.reshape(img.shape)
 
 
-def mean_psnr(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """PSNR averaged over 2D planes (the paper's per-image evaluation)."""
+Boxes = list[tuple[slice, slice]] | None  # the part of each 2D plane that is scored (None: all of it)
+
+
+def mean_psnr(prediction: np.ndarray, truth: np.ndarray, boxes: Boxes = None) -> float:
+    """PSNR averaged over 2D planes (the paper's per-image evaluation), each scored on its box."""
     p = prediction.reshape(-1, *prediction.shape[-2:])
     t = truth.reshape(-1, *truth.shape[-2:])
-    return float(np.mean([evaluate(a, b)["psnr"] for a, b in zip(p, t, strict=True)]))
+    every = [(slice(None), slice(None))] * len(t) if boxes is None else boxes
+    return float(np.mean([evaluate(a[b], c[b])["psnr"] for a, c, b in zip(p, t, every, strict=True)]))
 
 
 def tuned_nlm(noisy: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -66,15 +70,16 @@ GAUSS_SIGMAS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 QUICK_NLM = tuple({"h": h, "patch_size": 5, "patch_distance": 6} for h in (0.6, 0.9, 1.2))
 
 
-def best_filter(noisy: np.ndarray, truth: np.ndarray, *, nlm_settings=QUICK_NLM) -> dict:
+def best_filter(noisy: np.ndarray, truth: np.ndarray, *, nlm_settings=QUICK_NLM, boxes: Boxes = None) -> dict:
     """The best of Gaussian filters and NLM against ``truth`` (same shape, leading axes are samples,
-    the last two are filtered): ``{"method", "params", "psnr"}`` with the mean per-plane PSNR."""
+    the last two are filtered): ``{"method", "params", "psnr"}`` with the mean per-plane PSNR, each
+    plane filtered whole and scored on its box where ``boxes`` are given."""
     candidates = []
     for sigma in GAUSS_SIGMAS:
         smoothed = gaussian_filter(np.asarray(noisy, np.float32), (0,) * (noisy.ndim - 2) + (sigma, sigma))
-        candidates.append((mean_psnr(smoothed, truth), "Gaussian filter", {"sigma": sigma}))
+        candidates.append((mean_psnr(smoothed, truth, boxes), "Gaussian filter", {"sigma": sigma}))
     for settings in nlm_settings:
-        candidates.append((mean_psnr(nlm(noisy, **settings), truth), "non-local means", dict(settings)))
+        candidates.append((mean_psnr(nlm(noisy, **settings), truth, boxes), "non-local means", dict(settings)))
     psnr, method, params = max(candidates, key=lambda c: c[0])
     return {"method": method, "params": params, "psnr": psnr}
 

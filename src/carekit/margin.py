@@ -44,6 +44,25 @@ def planes(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, *a.shape[-2:])
 
 
+def scored_planes(val: tuple, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """The picked validation patches' inputs, targets as 2D planes, which planes hold structure to
+    score, and each scored plane's box: the held-out part its mask marks (the whole plane without a
+    mask; a thin validation slab's windows take their first rows or columns from training context)."""
+    x, truth = val[0][pick], planes(val[1][pick])
+    mask = val[2] if len(val) > 2 else None
+    if mask is None:
+        boxes = [(slice(None), slice(None))] * len(truth)
+    else:
+        boxes = []
+        for plane in planes(mask[pick]):
+            rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+            empty = rows.size == 0
+            boxes.append((slice(0, 0), slice(0, 0)) if empty else
+                         (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)))  # fmt: skip
+    scored = np.array([t[b].size > 0 and np.ptp(t[b]) > 0 for t, b in zip(truth, boxes, strict=True)], bool)
+    return x, truth, scored, [b for b, k in zip(boxes, scored, strict=True) if k]
+
+
 def measure(trainer: Trainer) -> dict | None:
     """The network's and the best simple filter's PSNR on the validation patches, and the margin
     (or, for a mode without clean targets, why there is none)."""
@@ -54,13 +73,12 @@ def measure(trainer: Trainer) -> dict | None:
     if val is None or len(val) < 2 or val[1] is None:
         return None
     pick = np.unique(np.linspace(0, len(val[0]) - 1, min(MAX_PATCHES, len(val[0]))).round().astype(int))
-    x, y = val[0][pick], val[1][pick]
-    truth = planes(y)
-    scored = np.ptp(truth.reshape(len(truth), -1), axis=1) > 0  # a plane without structure has no PSNR
+    x, truth, scored, boxes = scored_planes(val, pick)  # a plane without structure has no PSNR
     if not scored.any():
         return {"skipped": "its validation targets hold no structure to score against"}
     truth = truth[scored]
-    network = mean_psnr(planes(network_output(trainer, x))[scored], truth)
+    network = mean_psnr(planes(network_output(trainer, x))[scored], truth, boxes)
+    y = val[1]
     if x.ndim == y.ndim + 1:  # a stack against its 2D projection: filter the stack's projections
         options = [("maximum projection, ", x.max(axis=2)), ("mean projection, ", x.mean(axis=2))]
     elif x.shape[1] == y.shape[1]:
@@ -69,7 +87,7 @@ def measure(trainer: Trainer) -> dict | None:
         return None
     best = None
     for label, source in options:
-        found = best_filter(planes(source)[scored], truth)
+        found = best_filter(planes(source)[scored], truth, boxes=boxes)
         found["method"] = label + found["method"]
         best = found if best is None or found["psnr"] > best["psnr"] else best
     return {"network_psnr": network, "best_classical": best, "margin_db": network - best["psnr"], "patches": len(pick)}

@@ -4,8 +4,10 @@ Patch sizes refer to the target's spatial axes; an input may have extra leading
 spatial axes (the z of a stack to project), which every patch takes whole.
 
 About ``val_fraction`` of the pixels are held out once for validation, either as whole
-images or as a slab at the far end of each image's longest lateral axis, so validation
-never sees training pixels.
+images or as a slab at the far end of each image's longest lateral axis. A slab thinner than a
+patch is validated through windows that reach back into the training region for context; their
+``mask`` marks the held-out pixels, the only ones validation scores, so validation never scores
+a pixel that training saw as a target.
 Patch positions are drawn where the target holds structure (background rejection:
 the maximum filter of size patch/2 of the target exceeds ``threshold`` times its 99.9th
 percentile), then input and target are normalised with the prediction's percentiles (with
@@ -53,6 +55,7 @@ class Region:
     box: tuple[slice, ...]
     corners: np.ndarray  # flat indices into the grid of valid corners
     grid: tuple[int, ...]
+    held: tuple[int, int] | None = None  # (spatial axis, first held-out index) where the box reaches before it
 
 
 def source_tables(pairs: list[ImagePair], q: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -135,11 +138,17 @@ class PatchSampler:
         in camera counts): each is divided by its input's percentile span instead of being
         normalised by its own percentiles, so the same structure has the same target scale in
         every pair, however sparse or dense the rest of its image is.
+    redraw : float
+        Share of training inputs drawn afresh around their targets (see :func:`redraw_models`).
+    min_slab : float
+        The thinnest validation slab, as a fraction of the patch (1: a whole patch, for losses
+        that score only a few pixels of each validation patch, as Noise2Void's blind spots).
     """
 
     def __init__(self, pairs: list[ImagePair], patch_size: tuple[int, ...], *, val_fraction: float = 0.1,
                  threshold: float = 0.4, augment: bool = True, rotate: bool = True,
-                 jitter: bool = False, input_units: bool = False, redraw: float = 0.0) -> None:  # fmt: skip
+                 jitter: bool = False, input_units: bool = False, redraw: float = 0.0,
+                 min_slab: float = 0.25) -> None:  # fmt: skip
         if not pairs:
             raise CarekitError("no training pairs")
         self.pairs = pairs
@@ -148,6 +157,7 @@ class PatchSampler:
         self.rotate = rotate
         self.jitter = jitter
         self.input_units = input_units
+        self.min_slab = float(min_slab)
         ndim = pairs[0].high.ndim - 1
         if len(self.patch) != ndim:
             raise CarekitError(
@@ -170,6 +180,8 @@ class PatchSampler:
         train_boxes, val_boxes = self._split(val_fraction)
         self.train_regions = self._regions(train_boxes, threshold)
         self.val_regions = self._regions(val_boxes, threshold) if val_boxes else []
+        for region in self.val_regions:
+            region.held = self.held.get(region.pair)
         n = len(LOW_GRID) + len(HIGH_GRID)
         self.intensity_map = IntensityMap.fit(
             [t[:, n : n + 2] for t in self.low_tables], [t[:, n : n + 2] for t in self.high_tables]
@@ -188,14 +200,17 @@ class PatchSampler:
 
         Either whole images (evenly spread over the list) or a slab at the far end of each
         image's longest lateral axis, whichever comes closer to the fraction: a slab is at
-        least one patch wide, so for small images it would hold out far more than asked.
+        least ``min_slab`` of a patch thick, so for small images it would hold out more than asked.
+        A slab's validation box reaches back to one patch from the far end (see :meth:`_slabs`).
         """
+        self.held: dict[int, tuple[int, int]] = {}
         full = [(i, tuple(slice(0, s) for s in p.high.shape[1:])) for i, p in enumerate(self.pairs)]
         if val_fraction <= 0:
             return full, []
         sizes = np.array([p.high[0].size for p in self.pairs], np.float64)
-        slab_train, slab_val = self._slabs(full, val_fraction)
-        slab_share = sum(sizes[i] * _box_share(b, self.pairs[i]) for i, b in slab_val) / sizes.sum()
+        slab_train, slab_val, slab_held = self._slabs(full, val_fraction)
+        slab_share = sum(sizes[i] * _box_share(b, self.pairs[i]) for i, b in slab_train)
+        slab_share = 1 - slab_share / sizes.sum()
         n = len(self.pairs)
         held = min(n - 1, max(1, round(val_fraction * n)))  # at least one image is left to train on
         picks = {min(n - 1, int((k + 0.5) * n / held)) for k in range(held)} if held else set()
@@ -208,25 +223,32 @@ class PatchSampler:
                 "or --validation-fraction 0"
             )
         if slab_val and abs(slab_share - val_fraction) <= abs(whole_share - val_fraction):
+            self.held = slab_held
             return slab_train, slab_val
         return [b for b in full if b[0] not in picks], [b for b in full if b[0] in picks]
 
-    def _slabs(self, full: list, val_fraction: float) -> tuple[list, list]:
-        """Each image split along its longest lateral axis (images too small for that train whole)."""
-        train, val = [], []
+    def _slabs(self, full: list, val_fraction: float) -> tuple[list, list, dict]:
+        """Each image split along its longest lateral axis (images too small for that train whole).
+
+        The held-out slab is ``val_fraction`` of the axis, at least ``min_slab`` of a patch; where it is
+        thinner than a patch, its validation box starts one patch from the far end and the returned
+        ``held`` maps the pair to ``(axis, cut)``: the pixels before ``cut`` are context only."""
+        train, val, held = [], [], {}
         for i, p in enumerate(self.pairs):
             shape = p.high.shape[1:]
             axis = len(shape) - 1 if shape[-1] >= shape[-2] else len(shape) - 2
             size, patch = shape[axis], self.patch[axis]
-            held = max(math.ceil(val_fraction * size), patch)
-            if size - held < patch:
+            cut = size - max(math.ceil(val_fraction * size), math.ceil(patch * self.min_slab))
+            if cut < patch:
                 train.append(full[i])
                 continue
-            cut = size - held
             box = full[i][1]
+            start = min(cut, size - patch)
             train.append((i, (*box[:axis], slice(0, cut), *box[axis + 1 :])))
-            val.append((i, (*box[:axis], slice(cut, size), *box[axis + 1 :])))
-        return train, val
+            val.append((i, (*box[:axis], slice(start, size), *box[axis + 1 :])))
+            if start < cut:
+                held[i] = (axis, cut)
+        return train, val, held
 
     def _regions(self, boxes: list, threshold: float) -> list[Region]:
         regions = []
@@ -310,16 +332,35 @@ class PatchSampler:
         for _ in range(steps):
             yield self.batch(rng, size)
 
-    def validation(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
-        """A fixed validation set of ``n`` patches (prediction percentiles, no augmentation)."""
+    def validation(self, n: int, seed: int = 0) -> tuple[np.ndarray, ...] | None:
+        """A fixed validation set of ``n`` patches (prediction percentiles, no augmentation):
+        ``(inputs, targets)``, and a mask of the held-out pixels (1) where windows reach into the
+        training region for context (0)."""
         if not self.val_regions or n <= 0:
             return None
         rng = np.random.default_rng(seed)
-        xs, ys = [], []
+        xs, ys, masks = [], [], []
         for _ in range(n):
             region = self.val_regions[self._draw(rng, self.val_regions)]
-            x, y = self._cut(region, int(region.corners[rng.integers(region.corners.size)]))
+            flat = int(region.corners[rng.integers(region.corners.size)])
+            x, y = self._cut(region, flat)
             x, y = self._normalised(region.pair, x, y, *PREDICT_PERCENTILES)
             xs.append(x)
             ys.append(y)
-        return np.stack(xs), np.stack(ys)
+            masks.append(self._held_mask(region, flat, y.shape))
+        if all(m is None for m in masks):
+            return np.stack(xs), np.stack(ys)
+        return np.stack(xs), np.stack(ys), np.stack([np.ones(y.shape, np.float32) if m is None else m
+                                                     for m, y in zip(masks, ys, strict=True)])  # fmt: skip
+
+    def _held_mask(self, region: Region, flat: int, shape: tuple[int, ...]) -> np.ndarray | None:
+        """1 on the window's held-out pixels, 0 on its training context (None: all held out)."""
+        if region.held is None:
+            return None
+        axis, cut = region.held
+        start = region.box[axis].start + int(np.unravel_index(flat, region.grid)[axis])
+        index = start + np.arange(self.patch[axis])
+        line = (index >= cut).astype(np.float32)
+        along = [1] * len(shape)
+        along[1 + axis] = -1
+        return np.broadcast_to(line.reshape(along), shape).copy()
