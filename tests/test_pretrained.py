@@ -114,3 +114,21 @@ def test_every_default_network_with_a_family_finds_its_shipped_weights(tmp_path)
     recipe = {"shape": [64, 64], "channels": [[{"type": "tubules"}]]}
     synthetic = CARE(Config(axes="YX", mode="synthetic", synthetic=recipe, net={"residual": True}))
     assert pretrained.matching(synthetic, "synthetic")["name"] == "synthetic-2d-residual"
+
+
+def test_a_3d_network_starts_as_the_2d_network_on_every_plane(shipped):
+    flat, deep = model(), CARE(Config(axes="ZYX", net=NET))
+    pretrained.warm_start(flat)
+    pretrained.warm_start(deep)
+    assert deep.config.train.init == "pretrained"
+    for key, value in deep.net.state_dict().items():  # kernels on the middle z tap, zeros elsewhere
+        if value.ndim == 5 and value.shape[2] == 3:
+            torch.testing.assert_close(value[:, :, 1], shipped[key].half().float(), rtol=0, atol=0)
+            assert not value[:, :, [0, 2]].any()
+    image = torch.from_numpy(noisy(blobs((64, 64), seed=4)))[None, None]
+    image = (image - image.mean()) / image.std()
+    with torch.no_grad():
+        plane = flat.net.eval()(image)[:, :, None]
+        stack = deep.net.eval()(image[:, :, None].repeat(1, 1, 8, 1, 1))
+    # planes alike: pooling and upsampling along z change nothing
+    torch.testing.assert_close(stack, plane.expand_as(stack), rtol=1e-4, atol=1e-5)

@@ -8,6 +8,8 @@ kernel, convolutions, batch normalisation, residual, pooling and top skip: a net
 output the clean image would start badly as one that adds a correction to its input).
 ``n2v-2d*`` networks have Noise2Void's architecture (N2V2: blur pooling, no top skip) and were
 pre-trained on the same corpus with clean targets; blind-spot training fine-tunes them.
+No 3D network ships yet: a 3D network starts from the 2D one of its family and signature, each
+kernel inflated along z (:func:`inflated`), so that it starts as the 2D restoration of each plane.
 ``synthetic-2d*`` networks undo a widefield microscope: they were pre-trained on images of random
 recipes (tubules and granules through PSFs 0.8-4 px wide, 10-1000 photons) to their structures,
 and the synthetic mode fine-tunes them on its own recipe. Other
@@ -58,16 +60,29 @@ def restoration_net(care: CARE) -> UNet | None:
 
 
 def matching(care: CARE, family: str) -> dict | None:
+    """The shipped network of ``family`` whose network matches ``care``'s: of its dimensions, else,
+    for a 3D network, the 2D one (inflated, see :func:`inflated`)."""
     net, n = restoration_net(care), care.config.net
     if net is None:
         return None
     wanted = {k: getattr(n, k) for k in SIGNATURE}
-    for entry in catalogue():
-        named = entry["name"].split(".")[0].startswith(f"{family}-{net.ndim}d")
-        # a description that does not record the pooling fields was written for plain pooling
-        if named and {k: entry["network"].get(k, PLAIN_POOLING.get(k)) for k in SIGNATURE} == wanted:
-            return entry
+    for ndim in (net.ndim, 2) if net.ndim == 3 else (net.ndim,):
+        for entry in catalogue():
+            named = entry["name"].split(".")[0].startswith(f"{family}-{ndim}d")
+            # a description that does not record the pooling fields was written for plain pooling
+            if named and {k: entry["network"].get(k, PLAIN_POOLING.get(k)) for k in SIGNATURE} == wanted:
+                return entry
     return None
+
+
+def inflated(kernel: torch.Tensor, depth: int) -> torch.Tensor:
+    """A 2D convolution kernel ``(out, in, h, w)`` as a 3D one ``(out, in, depth, h, w)`` that filters
+    each plane alone: the kernel on the middle z tap, zeros on the others. A 2D network inflated so
+    restores a stack whose planes are all alike exactly as the 2D network restores one plane (its
+    pooling and upsampling along z then change nothing); fine-tuning learns what z adds."""
+    out = kernel.new_zeros((*kernel.shape[:2], depth, *kernel.shape[2:]))
+    out[:, :, depth // 2] = kernel
+    return out
 
 
 def adapted(tensors: dict[str, torch.Tensor], net: UNet) -> dict[str, torch.Tensor]:
@@ -79,6 +94,8 @@ def adapted(tensors: dict[str, torch.Tensor], net: UNet) -> dict[str, torch.Tens
         if key not in own:
             continue
         value = value.to(own[key].dtype)
+        if value.ndim == 4 and own[key].ndim == 5:  # a 2D network's kernel for a 3D network
+            value = inflated(value, own[key].shape[2])
         if key == first and value.shape[1] != own[key].shape[1]:  # read the mean of the input channels
             value = value.repeat(1, own[key].shape[1], *(1,) * net.ndim) / own[key].shape[1]
         elif key.startswith("head.") and value.shape[0] != own[key].shape[0]:  # the same output everywhere
