@@ -166,7 +166,7 @@ def test_default_networks_by_mode():
         assert direct == built and (built.kernel_size, built.batch_norm, built.residual) == (3, True, True)
     assert make_config("ZYX", (1, 1), {"spatial": "YX"}, "isotropic", axial=axial).train.patch_size == (96, 96)
     assert (plain.train.patch_size, plain.train.batch_size) == ((96, 96), 8)
-    assert Config(axes="ZYX").train.patch_size == (16, 64, 64)
+    assert (Config(axes="ZYX").train.patch_size, Config(axes="ZYX").train.batch_size) == ((16, 64, 64), 4)
     prob = Config(axes="YX", net=NetConfig(probabilistic=True))  # the same network as a plain model's
     assert (prob.net.kernel_size, prob.net.batch_norm, prob.net.residual) == (3, None, None)
     assert prob.train.patch_size == (96, 96)

@@ -209,14 +209,16 @@ class NetConfig:
 
 def default_patches(ndim: int) -> tuple[tuple[int, ...], int]:
     """Patch size and batch size by default, every mode. In 2D, fewer but larger patches
-    restored better at equal training time on the demo (same pixels per step)."""
-    return ((16, 64, 64), 16) if ndim == 3 else ((96, 96), 8)
+    restored better at equal training time on the demo (same pixels per step); in 3D, 4 patches
+    instead of 16 gave four times the steps in 2 minutes and the better restoration on both 3D
+    datasets of the quality benchmark."""
+    return ((16, 64, 64), 4) if ndim == 3 else ((96, 96), 8)
 
 
 @dataclass
 class TrainConfig:
     """How training runs. ``patch_size`` and ``batch_size`` None take the defaults of
-    ``default_patches``: 8 patches of 96x96 (2D) or 16 of 16x64x64 (3D).
+    ``default_patches``: 8 patches of 96x96 (2D) or 4 of 16x64x64 (3D).
 
     ``lr_schedule``: ``"plateau"`` halves the learning rate after ``lr_patience`` epochs
     without validation improvement; ``"cosine"`` decays it smoothly to zero over the
