@@ -119,7 +119,7 @@ def test_margin_and_validation_loss_score_only_the_held_out_pixels():
     wrong_context = val[1].copy()
     wrong_context[..., :38] += 5.0  # a prediction that is exact on held-out pixels, wrong elsewhere
     assert float(mean_error(torch.from_numpy(wrong_context), torch.from_numpy(val[1]), torch.from_numpy(val[2]))) == 0
-    _, truth, scored, boxes = scored_planes(val, np.arange(4))
+    _, truth, scored, boxes = scored_planes(val)  # all 4 patches
     assert scored.all() and all(b[1] == slice(38, 64) for b in boxes)
     exact = mean_psnr(planes(wrong_context), truth, boxes)
     assert exact > mean_psnr(planes(wrong_context), truth) + 20

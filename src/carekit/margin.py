@@ -44,10 +44,12 @@ def planes(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, *a.shape[-2:])
 
 
-def scored_planes(val: tuple, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
-    """The picked validation patches' inputs, targets as 2D planes, which planes hold structure to
-    score, and each scored plane's box: the held-out part its mask marks (the whole plane without a
-    mask; a thin validation slab's windows take their first rows or columns from training context)."""
+def scored_planes(val: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """Up to :data:`MAX_PATCHES` validation patches, spread over the set: their inputs, targets as 2D
+    planes, which planes hold structure to score, and each scored plane's box: the held-out part its
+    mask marks (the whole plane without a mask; a thin validation slab's windows take their first
+    rows or columns from training context)."""
+    pick = np.unique(np.linspace(0, len(val[0]) - 1, min(MAX_PATCHES, len(val[0]))).round().astype(int))
     x, truth = val[0][pick], planes(val[1][pick])
     mask = val[2] if len(val) > 2 else None
     if mask is None:
@@ -72,8 +74,7 @@ def measure(trainer: Trainer) -> dict | None:
     val = trainer.val
     if val is None or len(val) < 2 or val[1] is None:
         return None
-    pick = np.unique(np.linspace(0, len(val[0]) - 1, min(MAX_PATCHES, len(val[0]))).round().astype(int))
-    x, truth, scored, boxes = scored_planes(val, pick)  # a plane without structure has no PSNR
+    x, truth, scored, boxes = scored_planes(val)  # a plane without structure has no PSNR
     if not scored.any():
         return {"skipped": "its validation targets hold no structure to score against"}
     truth = truth[scored]
@@ -90,7 +91,7 @@ def measure(trainer: Trainer) -> dict | None:
         found = best_filter(planes(source)[scored], truth, boxes=boxes)
         found["method"] = label + found["method"]
         best = found if best is None or found["psnr"] > best["psnr"] else best
-    return {"network_psnr": network, "best_classical": best, "margin_db": network - best["psnr"], "patches": len(pick)}
+    return {"network_psnr": network, "best_classical": best, "margin_db": network - best["psnr"], "patches": len(x)}
 
 
 class Margin(Callback):

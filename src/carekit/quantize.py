@@ -28,7 +28,7 @@ import torch
 from carekit.baselines import mean_psnr
 from carekit.int8 import FILE, INPUT, OUTPUT, TOLERANCE_DB, export, fingerprint
 from carekit.io import write_json
-from carekit.margin import MAX_PATCHES, planes, scored_planes
+from carekit.margin import planes, scored_planes
 from carekit.model import CARE, CONFIG
 from carekit.registry import mode_of
 from carekit.trainer import Callback, Trainer
@@ -113,9 +113,7 @@ def build(trainer: Trainer) -> dict:
     import onnx
 
     care, t = trainer.care, trainer.config.train
-    n = len(trainer.val[0])
-    pick = np.unique(np.linspace(0, n - 1, min(MAX_PATCHES, n)).round().astype(int))
-    x, truth, scored, boxes = scored_planes(trainer.val, pick)
+    x, truth, scored, boxes = scored_planes(trainer.val)
     if not scored.any():
         return {"kept": False, "skipped": "its validation targets hold no structure to score against"}
     batches = trainer.sampler.batches([t.seed, CALIBRATION_SEED], CALIBRATION_BATCHES, t.batch_size)
@@ -125,7 +123,7 @@ def build(trainer: Trainer) -> dict:
     def score(out: np.ndarray) -> float:
         return mean_psnr(planes(out[:, :c])[scored], truth[scored], boxes)
 
-    report: dict = {"kept": False, "tolerance_db": TOLERANCE_DB, "patches": len(pick)}
+    report: dict = {"kept": False, "tolerance_db": TOLERANCE_DB, "patches": len(x)}
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=trainer.dir) as tmp:
         source = Path(tmp) / "float32.onnx"
         export(care.net, (1, *x.shape[1:]), source)

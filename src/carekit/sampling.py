@@ -177,11 +177,9 @@ class PatchSampler:
         if input_units:  # the target's range at the prediction's percentiles: 0 to the input's span
             for table, target in zip(self.low_tables, self.high_tables, strict=True):
                 target[:, -2:] = np.stack([np.zeros(len(table)), table[:, -1] - table[:, -2]], axis=1)
-        train_boxes, val_boxes = self._split(val_fraction)
+        train_boxes, val_boxes, held = self._split(val_fraction)
         self.train_regions = self._regions(train_boxes, threshold)
-        self.val_regions = self._regions(val_boxes, threshold) if val_boxes else []
-        for region in self.val_regions:
-            region.held = self.held.get(region.pair)
+        self.val_regions = self._regions(val_boxes, threshold, held) if val_boxes else []
         n = len(LOW_GRID) + len(HIGH_GRID)
         self.intensity_map = IntensityMap.fit(
             [t[:, n : n + 2] for t in self.low_tables], [t[:, n : n + 2] for t in self.high_tables]
@@ -195,18 +193,18 @@ class PatchSampler:
         return {"share": self.redraw, "pairs": used, "of": len(self.pairs), "notes": self.redraw_notes[:3]}
 
     # -- setting up -------------------------------------------------------------
-    def _split(self, val_fraction: float) -> tuple[list, list]:
+    def _split(self, val_fraction: float) -> tuple[list, list, dict]:
         """Training and validation boxes holding out close to ``val_fraction`` of the pixels.
 
         Either whole images (evenly spread over the list) or a slab at the far end of each
         image's longest lateral axis, whichever comes closer to the fraction: a slab is at
         least ``min_slab`` of a patch thick, so for small images it would hold out more than asked.
-        A slab's validation box reaches back to one patch from the far end (see :meth:`_slabs`).
+        A slab's validation box reaches back to one patch from the far end; the third value maps
+        such pairs to where their held-out part begins (see :meth:`_slabs`).
         """
-        self.held: dict[int, tuple[int, int]] = {}
         full = [(i, tuple(slice(0, s) for s in p.high.shape[1:])) for i, p in enumerate(self.pairs)]
         if val_fraction <= 0:
-            return full, []
+            return full, [], {}
         sizes = np.array([p.high[0].size for p in self.pairs], np.float64)
         slab_train, slab_val, slab_held = self._slabs(full, val_fraction)
         slab_share = sum(sizes[i] * _box_share(b, self.pairs[i]) for i, b in slab_train)
@@ -223,9 +221,8 @@ class PatchSampler:
                 "or --validation-fraction 0"
             )
         if slab_val and abs(slab_share - val_fraction) <= abs(whole_share - val_fraction):
-            self.held = slab_held
-            return slab_train, slab_val
-        return [b for b in full if b[0] not in picks], [b for b in full if b[0] in picks]
+            return slab_train, slab_val, slab_held
+        return [b for b in full if b[0] not in picks], [b for b in full if b[0] in picks], {}
 
     def _slabs(self, full: list, val_fraction: float) -> tuple[list, list, dict]:
         """Each image split along its longest lateral axis (images too small for that train whole).
@@ -250,7 +247,7 @@ class PatchSampler:
                 held[i] = (axis, cut)
         return train, val, held
 
-    def _regions(self, boxes: list, threshold: float) -> list[Region]:
+    def _regions(self, boxes: list, threshold: float, held: dict | None = None) -> list[Region]:
         regions = []
         for i, box in boxes:
             high = self.pairs[i].high[(slice(None), *box)]
@@ -259,7 +256,7 @@ class PatchSampler:
             corners = np.flatnonzero(ok)
             if corners.size > MAX_CANDIDATES:
                 corners = np.sort(np.random.default_rng(i).choice(corners, MAX_CANDIDATES, replace=False))
-            regions.append(Region(i, box, corners, grid))
+            regions.append(Region(i, box, corners, grid, (held or {}).get(i)))
         if regions and all(r.corners.size == 0 for r in regions):
             for r in regions:  # nothing passes the threshold anywhere: fall back to every position
                 r.corners = np.arange(min(int(np.prod(r.grid)), MAX_CANDIDATES))
