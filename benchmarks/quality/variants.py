@@ -28,6 +28,11 @@ VARIANTS: dict[str, dict] = {
     "redraw50": {"redraw": 0.5},
     "no-redraw": {"redraw": 0.0},  # the acquired inputs only, the default before
     "batch4": {"batch_size": 4},  # a quarter of the 3D default's 16 patches: four times the steps
+    # the learning rate decayed to zero over the budget (cosine) and a running average of the weights
+    "cosine": {"lr_schedule": "cosine"},
+    "ema99": {"ema": 0.99},
+    "ema998": {"ema": 0.998},
+    "cosine-ema99": {"lr_schedule": "cosine", "ema": 0.99},
     "spe50": SHORT_EPOCHS,
     "spe50-cosine": {**SHORT_EPOCHS, "lr_schedule": "cosine"},
     "spe50-residual": {**SHORT_EPOCHS, "residual": True},
