@@ -31,7 +31,6 @@ VARIANTS: dict[str, dict] = {
     # the learning rate decayed to zero over the budget (cosine) and a running average of the weights
     "cosine": {"lr_schedule": "cosine"},
     "ema99": {"ema": 0.99},
-    "ema998": {"ema": 0.998},
     "cosine-ema99": {"lr_schedule": "cosine", "ema": 0.99},
     "spe50": SHORT_EPOCHS,
     "spe50-cosine": {**SHORT_EPOCHS, "lr_schedule": "cosine"},
