@@ -85,7 +85,8 @@ def best_filter(noisy: np.ndarray, truth: np.ndarray, *, nlm_settings=QUICK_NLM,
 
 
 def describe_margin(report: dict | None) -> tuple[str, str | None]:
-    """A phrase for the summary and, where the network loses, a warning with advice."""
+    """A phrase for the summary and, where the network loses (alone, or mixed with a filter of its
+    input), a warning with advice."""
     if not report:
         return "", None
     if "skipped" in report:
@@ -93,12 +94,30 @@ def describe_margin(report: dict | None) -> tuple[str, str | None]:
     best = report["best_classical"]
     params = ", ".join(f"{k} {v:g}" for k, v in best["params"].items())
     margin = f"{report['margin_db']:+.2f} dB"
+    alone = report.get("network_alone_margin_db")
     phrase = (f"{margin} over the best simple filter on its validation data ({best['method']}, {params}: "
-              f"{best['psnr']:.2f} dB; network {report['network_psnr']:.2f} dB)")  # fmt: skip
-    if report["margin_db"] > 0:
-        return phrase, None
-    return phrase, (f"this model does not beat a simple filter on its own validation data ({margin} against "
-                    f"{best['method']}); train longer, with more or more varied pairs, or use the filter")  # fmt: skip
+              f"{best['psnr']:.2f} dB; network {report['network_psnr']:.2f} dB"
+              + (f", {alone:+.2f} dB without the mix)" if alone is not None else ")"))  # fmt: skip
+    advice = "train longer, with more or more varied pairs, or use the filter"
+    if report["margin_db"] <= 0:
+        return phrase, (f"this model does not beat a simple filter on its own validation data ({margin} against "
+                        f"{best['method']}); {advice}")  # fmt: skip
+    if alone is not None and alone <= 0:
+        return phrase, (f"this model's network alone does not beat a simple filter on its own validation data "
+                        f"({alone:+.2f} dB against {best['method']}; {margin} mixed with a Gaussian filter of the "
+                        f"input); {advice}")  # fmt: skip
+    return phrase, None
+
+
+def describe_blend(blend: dict | None) -> str:
+    """A phrase for the summary on the network's mix with a Gaussian filter (``carekit.filterblend``;
+    empty without one)."""
+    if not blend:
+        return ""
+    sigma = " x ".join(f"{s:g}" for s in blend["sigma"])
+    weights = ", ".join(f"{w:.2f}" for w in blend["weight"])
+    return (f"output mixed with a Gaussian filter of the input ({sigma} px; output weight {weights}), "
+            f"{blend['gain_db']:+.2f} dB on its validation data")  # fmt: skip
 
 
 RL_ITERATIONS = (2, 5, 10, 20, 40, 80, 160)

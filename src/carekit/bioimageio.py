@@ -236,6 +236,8 @@ def export_onnx(net: PackagedNet, example: torch.Tensor, path: Path, n_outputs: 
     dynamic = {k: {0: "batch", **spatial} for k in ["input", *names]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        # a filter blend's slices have constant ends on dynamic axes: nothing to fold, as it says
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         torch.onnx.export(net, (example,), str(path), input_names=["input"], output_names=names,
                           dynamic_axes=dynamic, opset_version=ONNX_OPSET, dynamo=False)  # fmt: skip
 

@@ -25,7 +25,7 @@ from torch import nn
 from carekit.engine import Engine, cached_timings, time_pass
 from carekit.errors import CarekitError
 from carekit.hardware import this_cpu
-from carekit.nets.unet import fold_batch_norm
+from carekit.nets.unet import FilterBlend, fold_batch_norm
 
 FILE = "int8.onnx"
 TOLERANCE_DB = 0.05  # the int8 network may lose at most this much PSNR against float32 on validation
@@ -54,11 +54,14 @@ def export(net: nn.Module, example_shape: tuple[int, ...], path: Path) -> None:
 
 
 def fingerprint(net: torch.nn.Module) -> str:
-    """A digest of the weights, so that a copy made from other weights is never used."""
+    """A digest of the weights and of any filter blend, so that a copy made from others is never used."""
     digest = hashlib.sha256()
     for name, tensor in sorted(net.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    blends = [f"{name}: {module.settings()}" for name, module in net.named_modules() if isinstance(module, FilterBlend)]
+    if blends:  # (nothing added without one: fingerprints of networks without a blend stay as they were)
+        digest.update("; ".join(blends).encode())
     return digest.hexdigest()[:16]
 
 

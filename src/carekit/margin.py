@@ -5,8 +5,11 @@ restoration of the same patches: a Gaussian filter and non-local means, each wit
 that score best against the validation targets (for a projection model, applied to the stack's
 maximum and mean projections). The margin, in dB of the paper's PSNR, goes into the model's
 ``config.json`` (``baseline``), its summary and ``carekit info``; a model that does not beat the
-filter is flagged with advice. Training without clean targets (Noise2Noise's other acquisition,
-Noise2Void's input itself) has no truth to score against: the report says so instead of a margin.
+filter is flagged with advice. Where the output is mixed with a Gaussian filter of the input
+(:mod:`carekit.filterblend`), the margin is the mix's, and the network alone must beat the filter
+too, or the model is flagged all the same (a mix that leans on the filter is little more than it).
+Training without clean targets (Noise2Noise's other acquisition, Noise2Void's input itself) has no
+truth to score against: the report says so instead of a margin.
 """
 
 from __future__ import annotations
@@ -91,7 +94,11 @@ def measure(trainer: Trainer) -> dict | None:
         found = best_filter(planes(source)[scored], truth, boxes=boxes)
         found["method"] = label + found["method"]
         best = found if best is None or found["psnr"] > best["psnr"] else best
-    return {"network_psnr": network, "best_classical": best, "margin_db": network - best["psnr"], "patches": len(x)}
+    report = {"network_psnr": network, "best_classical": best, "margin_db": network - best["psnr"], "patches": len(x)}
+    blend = trainer.config.blend
+    if blend:  # fitted on the same patches: what the network alone scores there
+        report["network_alone_margin_db"] = blend["network_psnr"] - best["psnr"]
+    return report
 
 
 class Margin(Callback):

@@ -19,13 +19,13 @@ from safetensors.torch import load_file, save_file
 
 from carekit import int8, threads
 from carekit.axes import Layout, check_axes, to_net
-from carekit.baselines import describe_margin
+from carekit.baselines import describe_blend, describe_margin
 from carekit.config import Config
 from carekit.engine import Engine, Probe, choose_engine
 from carekit.errors import CarekitError, warn
 from carekit.io import check_finite, check_result, read_json, write_atomic, write_json
 from carekit.nets import packaged
-from carekit.nets.unet import UNet, build_unet, count_parameters, fold_batch_norm
+from carekit.nets.unet import BLEND_KEYS, UNet, build_unet, count_parameters, fold_batch_norm
 from carekit.noise import describe_redraw
 from carekit.normalize import PREDICT_PERCENTILES, IntensityMap, normalize, percentiles
 from carekit.registry import Mode, mode_of, supporting
@@ -53,6 +53,7 @@ def unet_settings(config: Config) -> dict:
         "blur_pool": n.blur_pool,
         "top_skip": n.top_skip,
         "independent_channels": n.independent_channels,
+        "filter_blend": {k: config.blend[k] for k in BLEND_KEYS} if config.blend else None,
     }
 
 
@@ -135,6 +136,7 @@ class CARE:
             f"{'residual' if self.net.residual else 'no residual'}, "
             f"{c.n_channel_in} -> {c.n_channel_out} channel(s); {count_parameters(self.net):,} parameters; "
             f"receptive-field halo {self.net.halo()} px; trained on axes {c.axes}"
+            + (f"; {mixed}" if (mixed := describe_blend(c.blend)) else "")
             + (f"; {margin}" if (margin := describe_margin(c.baseline)[0]) else "")
             + (f"; {quantized}" if (quantized := int8.describe(c.int8)) else "")
             + (f"; {redrawn}" if (redrawn := describe_redraw(c.redraw)) else "")

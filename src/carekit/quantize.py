@@ -127,7 +127,9 @@ def build(trainer: Trainer) -> dict:
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=trainer.dir) as tmp:
         source = Path(tmp) / "float32.onnx"
         export(care.net, (1, *x.shape[1:]), source)
-        convs = [n.name for n in onnx.load(str(source)).graph.node if n.op_type in ("Conv", "ConvTranspose")]
+        nodes = onnx.load(str(source)).graph.node
+        convs = [n.name for n in nodes if n.op_type in ("Conv", "ConvTranspose")]
+        blend = [n.name for n in nodes if "/blend/" in n.name]  # the filter blend stays in float
         members = len(getattr(care.net, "members", ())) or 1  # one U-Net per channel: each has its ends
         reference = score(run(source, x, t.batch_size))
         report.update({"psnr_float32": reference, "convolutions": len(convs)})
@@ -135,7 +137,7 @@ def build(trainer: Trainer) -> dict:
             if first + last >= len(convs):
                 break
             target = Path(tmp) / f"int8-{first}-{last}.onnx"
-            quantized(source, target, calibration, ends(convs, first, last, members))
+            quantized(source, target, calibration, ends(convs, first, last, members) + blend)
             psnr = score(run(target, x, t.batch_size))
             if "psnr_int8" not in report or psnr > report["psnr_int8"]:
                 report.update({"psnr_int8": psnr, "gap_db": reference - psnr, "float_convolutions": first + last})

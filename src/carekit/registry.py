@@ -16,7 +16,9 @@ from carekit.errors import CarekitError
 # what a mode can support: tiled prediction, out-of-core prediction (OME-Zarr, Dask), bioimage.io
 # export, test-time augmentation, probabilistic (uncertainty) networks, a z factor given at
 # prediction, a height map beside the restoration
-FEATURES = ("tiling", "out_of_core", "export", "tta", "uncertainty", "factor", "height_map")
+# "filter_blend": training may mix a Gaussian filter of the input into the output (carekit.filterblend),
+# for modes whose input is its target plus noise
+FEATURES = ("tiling", "out_of_core", "export", "tta", "uncertainty", "factor", "height_map", "filter_blend")
 TARGETS = ("clean", "noisy", "input")  # what a mode's training targets are (Mode.targets)
 
 

@@ -20,6 +20,7 @@ from carekit.config import RESIDUAL_FROM_DB, Config, NetConfig, TrainConfig, def
 from carekit.data.pairs import ImagePair, check_pairs
 from carekit.engine import choose_engine
 from carekit.errors import CarekitError
+from carekit.filterblend import FilterBlendFit
 from carekit.guards import (
     NET_FIELDS,
     TRAIN_FIELDS,
@@ -179,13 +180,15 @@ def fit(sampler: Sampler, config: Config, model_dir: str | Path, *, loss: Loss |
     config.intensity_map = sampler.intensity_map.to_dict()
     prepare_output(model_dir / WEIGHTS, role="--model")
     torch.manual_seed(config.train.seed)
+    config.blend = None  # a resumed model's mix is fitted anew at the end: the network never trains through one
     care = mode_of(config.mode).model(config, build_net(config), model_dir)
     engine = choose_engine(device, config.train.precision, care.probe(train=True))
     check_trainable(care, engine)
     if not resume:  # the pretrained start, unless the caller brings its own or training.init is "scratch"
         (initialize or warm_start)(care)
     write_json(model_dir / CONFIG, config.to_dict())
-    trainer = Trainer(care, sampler, model_dir, engine, loss, [*callbacks, Margin(), Int8Check()], stop)
+    ends = [FilterBlendFit(), Margin(), Int8Check()]  # in this order: the margin and int8 copy include the mix
+    trainer = Trainer(care, sampler, model_dir, engine, loss, [*callbacks, *ends], stop)
     trainer.record = record
     trainer.run(time_budget=time_budget, resume=resume, progress=progress)
     return CARE.load(model_dir)

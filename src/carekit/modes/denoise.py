@@ -55,7 +55,7 @@ DENOISE = register(
         model=CARE,
         net_defaults=FAST_DENOISE,
         options=PAIR_OPTIONS,
-        supports=frozenset({"tiling", "out_of_core", "export", "tta", "uncertainty"}),
+        supports=frozenset({"tiling", "out_of_core", "export", "tta", "uncertainty", "filter_blend"}),
         warm_start="denoise",
         train_defaults=DENOISE_TRAINING,
     )

@@ -18,6 +18,11 @@ otherwise show checkerboard artefacts: blur pooling (a stride-1 maximum, then a 
 sampled every second pixel) instead of max pooling, and no skip connection at the top level
 (which then upsamples linearly).
 :class:`ChannelwiseUNet` restores each channel with a network of its own.
+
+A :class:`FilterBlend`, fitted after training on the validation patches, mixes a Gaussian filter of
+the input into the output (per channel: ``weight * output + gain * gaussian(input) + offset``).
+It filters by shifted sums, not convolutions, so exported graphs keep the U-Net's convolutions
+alone (the int8 copy quantizes those by position).
 """
 
 from __future__ import annotations
@@ -40,6 +45,71 @@ POOL = {2: F.max_pool2d, 3: F.max_pool3d}
 LINEAR = {2: "bilinear", 3: "trilinear"}
 NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 SCALE_FLOOR = 1e-3  # smallest Laplace scale, in normalised intensity units
+GAUSS_TRUNCATE = 4.0  # a Gaussian kernel reaches this many sigmas each side (scipy.ndimage's default)
+BLEND_KEYS = ("sigma", "weight", "gain", "offset")
+
+
+def gaussian_taps(sigma: float) -> list[float]:
+    """The normalised 1D Gaussian kernel of ``sigma`` pixels, ``2 * radius + 1`` taps."""
+    radius = int(GAUSS_TRUNCATE * sigma + 0.5)
+    taps = [math.exp(-0.5 * (k / sigma) ** 2) for k in range(-radius, radius + 1)]
+    total = sum(taps)
+    return [t / total for t in taps]
+
+
+def gaussian(x: torch.Tensor, sigmas: tuple[float, ...]) -> torch.Tensor:
+    """``x`` ``(N, C, *spatial)`` filtered by a Gaussian of ``sigmas`` pixels per spatial axis (0 leaves
+    an axis alone), edges extended by their last pixel; as shifted, weighted sums of slices."""
+    spatial = x.ndim - 2
+    for axis, sigma in zip(range(2, x.ndim), sigmas, strict=True):
+        if sigma <= 0:
+            continue
+        taps = gaussian_taps(sigma)
+        radius = len(taps) // 2
+        pad = [0, 0] * spatial
+        pad[2 * (x.ndim - 1 - axis)] = pad[2 * (x.ndim - 1 - axis) + 1] = radius
+        padded = F.pad(x, pad, mode="replicate")
+        total = None
+        for k, tap in enumerate(taps):
+            index = [slice(None)] * x.ndim
+            index[axis] = slice(k, k - 2 * radius if k < 2 * radius else None)
+            shifted = padded[tuple(index)]
+            total = shifted * tap if total is None else total.add_(shifted, alpha=tap)
+        x = total
+    return x
+
+
+class FilterBlend(nn.Module):
+    """Per channel ``c``: ``weight[c] * output + gain[c] * gaussian(input, sigma) + offset[c]``, in float32.
+
+    The input's channel ``c`` is filtered for the output's channel ``c`` (same channel counts)."""
+
+    def __init__(self, sigma: list[float], weight: list[float], gain: list[float], offset: list[float]) -> None:
+        super().__init__()
+        self.sigma = tuple(float(s) for s in sigma)
+        for name, values in (("weight", weight), ("gain", gain), ("offset", offset)):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32), persistent=False)
+
+    def settings(self) -> dict:
+        """The keyword settings this blend was made from."""
+        values = {k: [float(v) for v in getattr(self, k).tolist()] for k in BLEND_KEYS[1:]}
+        return {"sigma": list(self.sigma), **values}
+
+    def radius(self) -> tuple[int, ...]:
+        """Pixels read on each side, per spatial axis."""
+        return tuple(len(gaussian_taps(s)) // 2 if s > 0 else 0 for s in self.sigma)
+
+    def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        c = self.weight.shape[0]
+        shape = (1, c) + (1,) * (x.ndim - 2)
+        with torch.autocast(x.device.type, enabled=False):
+            smoothed = gaussian(x[:, :c].float(), self.sigma)
+            return (out.float() * self.weight.reshape(shape) + smoothed * self.gain.reshape(shape)
+                    + self.offset.reshape(shape))  # fmt: skip
+
+
+def blend_of(settings: dict | None) -> FilterBlend | None:
+    return FilterBlend(**{k: settings[k] for k in BLEND_KEYS}) if settings else None
 
 
 def conv_block(ndim: int, widths: list[int], kernel: tuple[int, ...], batch_norm: bool) -> nn.Sequential:
@@ -241,12 +311,15 @@ class UNet(nn.Module):
         from the coarser levels only, so no single input pixel reaches the output unfiltered).
         Without it the top level upsamples linearly: nearest upsampling would leave a pattern of
         2-pixel blocks that no full-resolution feature is there to undo (a peak at Nyquist).
+    filter_blend : dict, optional
+        A fitted :class:`FilterBlend` (``sigma``, ``weight``, ``gain``, ``offset``) applied to the
+        output; point networks with as many input as output channels only.
     """
 
     def __init__(self, ndim: int, in_channels: int, out_channels: int, *, depth: int = 2, n_first: int = 32,
                  kernel_size: int = 5, n_conv: int = 2, residual: bool = True, batch_norm: bool = False,
                  pool: tuple[int, ...] | None = None, probabilistic: bool = False, blur_pool: bool = False,
-                 top_skip: bool = True) -> None:  # fmt: skip
+                 top_skip: bool = True, filter_blend: dict | None = None) -> None:  # fmt: skip
         super().__init__()
         if ndim not in CONV:
             raise ValueError(f"ndim must be 2 or 3, got {ndim}")
@@ -281,6 +354,14 @@ class UNet(nn.Module):
         self.phase_plans = None if None in plans else plans
         # False: the plain operators (upsample + concatenate, the pooling kernel), for tracing and export
         self.phase_upsampling = True
+        self.out_channels = out_channels
+        self.set_filter_blend(filter_blend)
+
+    def set_filter_blend(self, settings: dict | None) -> None:
+        """Apply a :class:`FilterBlend` of ``settings`` to the output from now on (None: none)."""
+        if settings and (self.probabilistic or self.in_channels != self.out_channels):
+            raise ValueError("a filter blend needs a point network with as many input as output channels")
+        self.blend = blend_of(settings)
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature maps, before the 1x1 output layer."""
@@ -318,6 +399,8 @@ class UNet(nn.Module):
         out = self.head(features)
         if self.residual:
             out = out + x
+        if self.blend is not None:
+            out = self.blend(x, out)
         if self.scale_head is None:
             return out
         with torch.autocast(x.device.type, enabled=False):  # a fitted head may weigh features heavily: float32
@@ -339,7 +422,8 @@ class UNet(nn.Module):
         Tiles that overlap by this much reproduce an untiled prediction exactly.
         """
         halos = []
-        for k, p, d in zip(self.kernel, self.pool, self.divisor(), strict=True):
+        blended = self.blend.radius() if self.blend is not None else (0,) * self.ndim
+        for k, p, d, least in zip(self.kernel, self.pool, self.divisor(), blended, strict=True):
             radius, scale = 0, 1
             pooling = (p - 1) * (2 if self.blur_pool else 1)  # a blur pool reads one more pixel each side
             for _ in range(self.depth):
@@ -351,6 +435,7 @@ class UNet(nn.Module):
                 scale //= p
                 radius += self.n_conv * (k // 2) * scale
             radius += 0 if self.top_skip else p  # linear upsampling reads one more coarse pixel
+            radius = max(radius, least)  # the filter blend reads the input beside the network
             halos.append(-(-radius // d) * d)
         return tuple(halos)
 
@@ -375,12 +460,19 @@ class ChannelwiseUNet(nn.Module):
     is every member's output along channels (means first, then Laplace scales if probabilistic).
     """
 
-    def __init__(self, ndim: int, channels: int, **settings) -> None:
+    def __init__(self, ndim: int, channels: int, filter_blend: dict | None = None, **settings) -> None:
         super().__init__()
         self.members = nn.ModuleList(UNet(ndim, 1, 1, **settings) for _ in range(channels))
         first = self.members[0]
         self.ndim, self.residual, self.probabilistic = ndim, first.residual, first.probabilistic
         self.in_channels = channels
+        self.set_filter_blend(filter_blend)
+
+    def set_filter_blend(self, settings: dict | None) -> None:
+        """Each member blends its own channel's part of ``settings`` (see :class:`UNet`)."""
+        for c, member in enumerate(self.members):
+            own = {k: settings[k][c : c + 1] for k in BLEND_KEYS[1:]} if settings else None
+            member.set_filter_blend({"sigma": settings["sigma"], **own} if own else None)
 
     @property
     def phase_upsampling(self) -> bool:
