@@ -237,6 +237,7 @@ def run_one(ds: truths.Dataset, variant: str, photons: float, a) -> dict:
             model, steps, seconds = fit(pairs, axes, settings, a.budget, Path(d) / "m")
         restored = stack([model.predict(x, axes) for x in test_low])
         summary = model.summary()
+        mix = without_blend(model, test_low, axes, truth)
     care = mean_psnr(restored, truth)
     return {
         "dataset": ds.name,
@@ -258,7 +259,20 @@ def run_one(ds: truths.Dataset, variant: str, photons: float, a) -> dict:
         "care": care,
         "margin_db": care - base["best_classical"],
         "network": summary,
+        **mix,
     }
+
+
+def without_blend(model, images: list[np.ndarray], axes: str, truth: np.ndarray) -> dict:
+    """Where training kept a filter blend (``carekit.filterblend``): the test PSNR with and without it,
+    both predicted in float32 by the same network (the int8 copy holds the blend)."""
+    if not model.config.blend:
+        return {"blend": None}
+    mixed = mean_psnr(stack([model.predict(x, axes, precision="float32") for x in images]), truth)
+    model.net.set_filter_blend(None)
+    model.weights_changed()
+    alone = mean_psnr(stack([model.predict(x, axes, precision="float32") for x in images]), truth)
+    return {"blend": model.config.blend, "care_float32_blended": mixed, "care_float32_alone": alone}
 
 
 def table(rows: list[dict]) -> str:

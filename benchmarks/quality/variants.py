@@ -32,6 +32,7 @@ VARIANTS: dict[str, dict] = {
     "cosine": {"lr_schedule": "cosine"},
     "ema99": {"ema": 0.99},
     "cosine-ema99": {"lr_schedule": "cosine", "ema": 0.99},
+    "no-blend": {"filter_blend": False},  # the network alone, without the fitted mix with a Gaussian filter
     "spe50": SHORT_EPOCHS,
     "spe50-cosine": {**SHORT_EPOCHS, "lr_schedule": "cosine"},
     "spe50-residual": {**SHORT_EPOCHS, "residual": True},
