@@ -6,8 +6,9 @@ of the two can score better than either: per output channel, in normalised units
 ``weight * output + gain * gaussian(input, sigma) + offset``. Training ends (before the margin over
 simple filters is measured) by fitting the three numbers per channel by least squares on the
 validation patches' held-out pixels, for each Gaussian width of :data:`SIGMAS` (in 3D also the
-z width, a share :data:`Z_SHARES` of the in-plane one), and keeps the best mix where it scores at
-least :data:`MIN_GAIN_DB` above the network alone on those patches (the paper's PSNR).
+z width, a share :data:`Z_SHARES` of the in-plane one), and keeps the mix of the width that scores
+best on those patches (the paper's PSNR, per plane, as the margin measures it) where it scores at
+least :data:`MIN_GAIN_DB` above the network alone.
 
 The kept mix is part of the network (:class:`carekit.nets.unet.FilterBlend`): prediction, tiling,
 the int8 copy and bioimage.io packages all apply it. Where the network is far ahead of the filter,
@@ -74,27 +75,28 @@ def fit(trainer: Trainer) -> dict | None:
     per_sample = int(np.prod(net.shape[2:-2], dtype=int))  # 2D planes per channel (1 in 2D)
     channel = np.repeat(np.tile(np.arange(c), len(x)), per_sample)[scored]
 
+    def score(a: np.ndarray) -> float:
+        """The paper's PSNR of ``a`` on the scored planes, as the margin measures it."""
+        return mean_psnr(planes(a)[scored], truth[scored], boxes)
+
     def pixels(a: np.ndarray) -> list[np.ndarray]:
         """Per channel, the held-out pixels of the scored planes of ``a``."""
         flat = [p[b].ravel() for p, b in zip(planes(a)[scored], boxes, strict=True)]
         return [np.concatenate([f for f, k in zip(flat, channel, strict=True) if k == ch]) for ch in range(c)]
 
     target, output = pixels(truth), pixels(net)
-    best = None
+    alone, best = score(net), None
     for sigma in widths(trainer.config.ndim):
         smoothed = gaussian(torch.from_numpy(np.asarray(x, np.float32)), sigma).numpy().astype(np.float64)
-        coefficients, error = [], 0.0
+        coefficients = []
         for t, y, g in zip(target, output, pixels(smoothed), strict=True):
             design = np.stack([y, g, np.ones_like(y)], axis=1)
-            solution, *_ = np.linalg.lstsq(design, t, rcond=None)
-            coefficients.append(solution)
-            error += float(np.sum((design @ solution - t) ** 2))
-        if best is None or error < best[0]:
-            best = (error, sigma, coefficients, smoothed)
-    _, sigma, coefficients, smoothed = best
-    k = np.array(coefficients).reshape(c, 3, *([1] * (net.ndim - 2)))
-    blended = k[:, 0] * net + k[:, 1] * smoothed + k[:, 2]
-    alone, mixed = (mean_psnr(planes(a)[scored], truth[scored], boxes) for a in (net, blended))
+            coefficients.append(np.linalg.lstsq(design, t, rcond=None)[0])
+        k = np.array(coefficients).reshape(c, 3, *([1] * (net.ndim - 2)))
+        mixed = score(k[:, 0] * net + k[:, 1] * smoothed + k[:, 2])
+        if best is None or mixed > best[0]:
+            best = (mixed, sigma, k)
+    mixed, sigma, k = best
     return {
         "sigma": [float(s) for s in sigma],
         "weight": [float(v) for v in k[:, 0].ravel()],
