@@ -54,3 +54,21 @@ def require_napari() -> None:
         if os.environ.get("CI"):
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason, allow_module_level=True)
+
+
+def run_package(package, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A bioimage.io package's ONNX and TorchScript weights (read from the zip alone) on a 2D image."""
+    import io
+    import zipfile
+
+    import onnxruntime
+    import torch
+
+    files = zipfile.ZipFile(package)
+    batch = image[None, None].astype(np.float32)
+    session = onnxruntime.InferenceSession(files.read("weights.onnx"), providers=["CPUExecutionProvider"])
+    via_onnx = session.run(None, {"input": batch})[0][0, 0]
+    script = torch.jit.load(io.BytesIO(files.read("weights_torchscript.pt")))
+    with torch.no_grad():
+        via_script = script(torch.from_numpy(batch)).numpy()[0, 0]
+    return via_onnx, via_script

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 import torch
 import yaml
-from conftest import TINY, blobs, noisy
+from conftest import TINY, blobs, noisy, run_package
 
 import carekit
 from carekit.bioimageio import export
@@ -60,16 +60,9 @@ def test_package_passes_the_bioimageio_model_test(package2d):
 
 def test_weights_match_carekit_outside_carekit(model2d, package2d):
     """ONNX Runtime and TorchScript, reading the package only, reproduce carekit predict on a fresh image."""
-    import onnxruntime
-
     fresh = noisy(blobs((83, 101), seed=11), seed=12)
     ours = model2d.predict(fresh, "YX", precision="float32")
-    files = zipfile.ZipFile(package2d)
-    session = onnxruntime.InferenceSession(files.read("weights.onnx"), providers=["CPUExecutionProvider"])
-    via_onnx = session.run(None, {"input": fresh[None, None].astype(np.float32)})[0][0, 0]
-    script = torch.jit.load(io.BytesIO(files.read("weights_torchscript.pt")))
-    with torch.no_grad():
-        via_script = script(torch.from_numpy(fresh[None, None].astype(np.float32))).numpy()[0, 0]
+    via_onnx, via_script = run_package(package2d, fresh)
     assert relative_error(via_onnx, ours) < 1e-3
     assert relative_error(via_script, ours) < 1e-3
     assert np.ptp(ours) > 100  # in target units, not normalised ones

@@ -1,13 +1,11 @@
 """The network's output mixed with a Gaussian filter of its input, fitted on validation after training."""
 
-import io
 import json
-import zipfile
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, blobs, noisy
+from conftest import TINY, blobs, noisy, run_package
 from scipy.ndimage import gaussian_filter
 
 import carekit
@@ -122,7 +120,6 @@ def test_a_damaged_blend_in_the_model_folder_is_refused(short, tmp_path):
 
 def test_a_package_of_a_blended_model_reproduces_carekit(short):
     pytest.importorskip("bioimageio.core")
-    import onnxruntime
     from bioimageio.core import test_model
 
     from carekit.bioimageio import export
@@ -131,12 +128,7 @@ def test_a_package_of_a_blended_model_reproduces_carekit(short):
     assert test_model(package).status == "passed"
     fresh = noisy(blobs((83, 101), seed=11), peak=3, seed=12)
     ours = short.predict(fresh, "YX", precision="float32")
-    files = zipfile.ZipFile(package)
-    session = onnxruntime.InferenceSession(files.read("weights.onnx"), providers=["CPUExecutionProvider"])
-    via_onnx = session.run(None, {"input": fresh[None, None].astype(np.float32)})[0][0, 0]
-    script = torch.jit.load(io.BytesIO(files.read("weights_torchscript.pt")))
-    with torch.no_grad():
-        via_script = script(torch.from_numpy(fresh[None, None].astype(np.float32))).numpy()[0, 0]
+    via_onnx, via_script = run_package(package, fresh)
     for other in (via_onnx, via_script):
         assert np.abs(other - ours).max() < 1e-3 * np.ptp(ours)
 
