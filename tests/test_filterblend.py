@@ -160,3 +160,16 @@ def test_a_resumed_training_trains_without_the_mix_and_fits_it_anew(tmp_path, pa
                           **SETTINGS)  # fmt: skip
     assert seen and all(b is None for b in seen)
     assert again.config.blend is None or again.config.blend["gain_db"] >= 0.02  # fitted to the weights it keeps
+
+
+@pytest.mark.parametrize("change", [{"mode": "synthetic"}, {"n_channel_in": 2}])
+def test_a_blend_where_the_model_takes_none_is_refused(short, tmp_path, change):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(short.directory, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(change)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CarekitError, match="blend"):
+        carekit.load(folder)

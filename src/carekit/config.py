@@ -373,6 +373,10 @@ class Config:
         check_intensity_map(self.intensity_map, self.n_channel_out)
         check_calibration(self.calibration)
         check_blend(self.blend, self.n_channel_out, len(self.spatial))
+        require(not self.blend or ("filter_blend" in kind.supports and not self.net.probabilistic
+                                   and self.n_channel_in == self.n_channel_out),
+                f"blend: {self.mode} models with these channels and outputs take no filter blend; train the model "
+                "again or remove 'blend' from its config.json")  # fmt: skip
         require(not self.net.independent_channels or self.n_channel_in == self.n_channel_out,
                 f"independent channels restore each channel by itself, but the model maps {self.n_channel_in} "
                 f"to {self.n_channel_out} channel(s); train without --independent-channels")  # fmt: skip
