@@ -106,16 +106,20 @@ def test_no_filter_blend_keeps_the_network_alone(tmp_path, pair):
     assert "mixed with" not in model.summary()
 
 
-def test_a_damaged_blend_in_the_model_folder_is_refused(short, tmp_path):
+def edited_copy(model, folder, edit) -> None:
+    """A copy of ``model``'s folder in ``folder`` with ``edit`` applied to its config.json."""
     import shutil
 
-    folder = tmp_path / "m"
-    shutil.copytree(short.directory, folder)
+    shutil.copytree(model.directory, folder)
     config = json.loads((folder / "config.json").read_text())
-    config["blend"]["weight"] = ["heavy"]
+    edit(config)
     (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_a_damaged_blend_in_the_model_folder_is_refused(short, tmp_path):
+    edited_copy(short, tmp_path / "m", lambda c: c["blend"].update(weight=["heavy"]))
     with pytest.raises(CarekitError, match="blend must hold"):
-        carekit.load(folder)
+        carekit.load(tmp_path / "m")
 
 
 def test_a_package_of_a_blended_model_reproduces_carekit(short):
@@ -164,12 +168,6 @@ def test_a_resumed_training_trains_without_the_mix_and_fits_it_anew(tmp_path, pa
 
 @pytest.mark.parametrize("change", [{"mode": "synthetic"}, {"n_channel_in": 2}])
 def test_a_blend_where_the_model_takes_none_is_refused(short, tmp_path, change):
-    import shutil
-
-    folder = tmp_path / "m"
-    shutil.copytree(short.directory, folder)
-    config = json.loads((folder / "config.json").read_text())
-    config.update(change)
-    (folder / "config.json").write_text(json.dumps(config))
+    edited_copy(short, tmp_path / "m", lambda c: c.update(change))
     with pytest.raises(CarekitError, match="blend"):
-        carekit.load(folder)
+        carekit.load(tmp_path / "m")

@@ -373,10 +373,9 @@ class Config:
         check_intensity_map(self.intensity_map, self.n_channel_out)
         check_calibration(self.calibration)
         check_blend(self.blend, self.n_channel_out, len(self.spatial))
-        require(not self.blend or ("filter_blend" in kind.supports and not self.net.probabilistic
-                                   and self.n_channel_in == self.n_channel_out),
-                f"blend: {self.mode} models with these channels and outputs take no filter blend; train the model "
-                "again or remove 'blend' from its config.json")  # fmt: skip
+        refused = self.blend and self.why_no_blend()
+        require(not refused, f"blend: this model takes no filter blend ({refused}); train the model again or "
+                "remove 'blend' from its config.json")  # fmt: skip
         require(not self.net.independent_channels or self.n_channel_in == self.n_channel_out,
                 f"independent channels restore each channel by itself, but the model maps {self.n_channel_in} "
                 f"to {self.n_channel_out} channel(s); train without --independent-channels")  # fmt: skip
@@ -389,6 +388,19 @@ class Config:
     @property
     def ndim(self) -> int:
         return len(self.spatial)
+
+    def why_no_blend(self) -> str | None:
+        """Why this model cannot take a filter blend (``carekit.filterblend``; None: it can)."""
+        kind = mode_of(self.mode)
+        if "filter_blend" not in kind.supports:
+            return f"{kind.name} models' inputs are not their targets plus noise"
+        if kind.targets != "clean":
+            return "no clean validation targets"
+        if self.net.probabilistic:
+            return "a probabilistic network's scales belong to its own output"
+        if self.n_channel_in != self.n_channel_out:
+            return "its input and output channels differ"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -29,7 +29,6 @@ from carekit.io import write_json
 from carekit.margin import network_output, planes, scored_planes
 from carekit.model import CONFIG
 from carekit.nets.unet import gaussian
-from carekit.registry import mode_of
 from carekit.trainer import Callback, Trainer
 
 SIGMAS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -42,15 +41,11 @@ def why_not(trainer: Trainer) -> str | None:
     config = trainer.config
     if not config.train.filter_blend:
         return "turned off"
-    kind = mode_of(config.mode)
-    if "filter_blend" not in kind.supports:
-        return f"{kind.name} models' inputs are not their targets plus noise"
-    if kind.targets != "clean":
-        return "no clean validation targets"
-    if config.net.probabilistic:
-        return "a probabilistic network's scales belong to its own output"
-    if config.n_channel_in != config.n_channel_out or not hasattr(trainer.care.net, "set_filter_blend"):
-        return "its input and output differ"
+    refused = config.why_no_blend()
+    if refused is not None:
+        return refused
+    if not hasattr(trainer.care.net, "set_filter_blend"):
+        return "its network is not a U-Net"
     val = trainer.val
     if val is None or len(val) < 2 or val[1] is None or val[0].shape != val[1].shape:
         return "no validation patches shaped like its inputs"
@@ -85,9 +80,9 @@ def fit(trainer: Trainer) -> dict | None:
         return [np.concatenate([f for f, k in zip(flat, channel, strict=True) if k == ch]) for ch in range(c)]
 
     target, output = pixels(truth), pixels(net)
-    alone, best = score(net), None
+    alone, best, inputs = score(net), None, torch.from_numpy(np.asarray(x, np.float32))
     for sigma in widths(trainer.config.ndim):
-        smoothed = gaussian(torch.from_numpy(np.asarray(x, np.float32)), sigma).numpy().astype(np.float64)
+        smoothed = gaussian(inputs, sigma).numpy().astype(np.float64)
         coefficients = []
         for t, y, g in zip(target, output, pixels(smoothed), strict=True):
             design = np.stack([y, g, np.ones_like(y)], axis=1)
