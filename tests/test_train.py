@@ -219,6 +219,31 @@ def test_weight_average_follows_the_trained_weights():
     assert not any(p.requires_grad for p in average.net.parameters())
 
 
+@pytest.mark.parametrize("winner", ["ema", "net"])
+def test_the_weights_kept_are_those_of_average_and_trained_that_validate_better(tmp_path, monkeypatch, winner):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from carekit.trainer import Trainer
+
+    def validate(self, net=None):  # the trained weights score 1 and the average 2, or the other way round
+        return 1.0 if (net is self.net) == (winner == "net") else 2.0
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    clean = blobs((64, 64), seed=2)
+    kw = {"patch_size": (32, 32), "progress": False, "ema": 0.9, **TINY}
+    model = carekit.train(noisy(clean), clean, "YX", tmp_path / "m", epochs=1, steps_per_epoch=6, **kw)
+    state = load_file(str(tmp_path / "m" / "last.safetensors"))
+    saved = model.net.state_dict()
+    for key in (k for k in saved if k.endswith("weight")):
+        np.testing.assert_array_equal(saved[key].numpy(), state[f"{winner}.{key}"].numpy())
+    with safe_open(str(tmp_path / "m" / "last.safetensors"), "pt") as f:
+        history = json.loads(f.metadata()["state"])["history"]
+    assert history[-1]["averaged"] is (winner == "ema") and history[-1]["val_loss"] == 1.0
+
+
 def test_training_with_a_weight_average_saves_and_resumes_it(tmp_path):
     from safetensors.torch import load_file
 
@@ -230,11 +255,12 @@ def test_training_with_a_weight_average_saves_and_resumes_it(tmp_path):
     model = carekit.train(low, clean, "YX", tmp_path / "m", epochs=1, steps_per_epoch=6, **kw)
     assert model.config.train.ema == 0.9
     state = load_file(str(tmp_path / "m" / "last.safetensors"))
-    # one epoch, so the saved (best) weights are the average, not the last trained weights
+    # one epoch: the saved (best) weights are one of the average and the last trained weights
     saved = model.net.state_dict()
     key = next(k for k in saved if k.endswith("weight"))
-    np.testing.assert_array_equal(saved[key].numpy(), state[f"ema.{key}"].numpy())
-    assert not np.array_equal(saved[key].numpy(), state[f"net.{key}"].numpy())
+    assert not np.array_equal(state[f"ema.{key}"].numpy(), state[f"net.{key}"].numpy())
+    kept = "ema" if np.array_equal(saved[key].numpy(), state[f"ema.{key}"].numpy()) else "net"
+    np.testing.assert_array_equal(saved[key].numpy(), state[f"{kept}.{key}"].numpy())
     assert int(state["ema_steps"][0]) == 6
     carekit.train(low, clean, "YX", tmp_path / "m", epochs=2, resume=True, **kw)
     assert int(load_file(str(tmp_path / "m" / "last.safetensors"))["ema_steps"][0]) == 12

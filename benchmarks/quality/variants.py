@@ -30,7 +30,8 @@ VARIANTS: dict[str, dict] = {
     "batch4": {"batch_size": 4},  # a quarter of the 3D default's 16 patches: four times the steps
     # the learning rate decayed to zero over the budget (cosine) and a running average of the weights
     "cosine": {"lr_schedule": "cosine"},
-    "ema99": {"ema": 0.99},
+    "ema99": {"ema": 0.99},  # denoising's default: each epoch keeps the better of the average and the weights
+    "no-ema": {"ema": 0.0},  # the trained weights only, the default before
     "cosine-ema99": {"lr_schedule": "cosine", "ema": 0.99},
     "no-blend": {"filter_blend": False},  # the network alone, without the fitted mix with a Gaussian filter
     "spe50": SHORT_EPOCHS,

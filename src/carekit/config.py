@@ -235,9 +235,10 @@ class TrainConfig:
     output with a Gaussian filter of its input (:mod:`carekit.filterblend`), kept where it scores
     better there; for point networks whose input and target share their shape and channels.
 
-    ``ema``: where above 0, the weights validated and saved are an exponential moving
-    average of the trained ones with this decay per step; off by default (on the demo data it
-    cost 0.11 dB at 10 photons and 0.17 dB at 100). ``intensity_jitter``: normalise training
+    ``ema``: where above 0, training also keeps an exponential moving average of the weights with
+    this decay per step, and each epoch's validation scores both: the better one is what the epoch
+    may keep as best (without a validation split, the average is saved). Off unless a mode sets it
+    (denoising does). ``intensity_jitter``: normalise training
     patches with randomly drawn percentiles (see ``PatchSampler``); left None, it follows the
     residual: on where the network adds its input back (see ``RESIDUAL_FROM_DB``).
     """
@@ -320,7 +321,8 @@ FIELD_HELP = {
     "top_skip": "the top level's skip connection (n2v default: off, against checkerboard artefacts)",
     "independent_channels": "one network per channel instead of one for all channels jointly",
     "patch_size": "e.g. 64,64 (2D) or 16,64,64 (3D)",
-    "ema": "save a running average of the weights, this decay per step (0: off)",
+    "ema": "also keep a running average of the weights, this decay per step; save whichever validates better "
+    "(denoising default 0.99; 0: off)",
     "intensity_jitter": "normalise patches with random percentiles (default: with the residual, else 2 and 99.8)",
     "redraw": "share of training inputs drawn afresh around their targets with the camera noise fitted to each "
     "pair (denoising default 1: all, where a pair's input is its target plus white noise; 0: off)",

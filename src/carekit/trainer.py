@@ -276,8 +276,13 @@ class Trainer:
 
     @property
     def kept(self) -> torch.nn.Module:
-        """The weights that are validated and saved: the running average, where there is one."""
+        """The weights saved where nothing validates them: the running average, where there is one."""
         return self.averaged.net if self.averaged is not None else self.net
+
+    def candidates(self) -> list[torch.nn.Module]:
+        """The weights each epoch may keep: the running average (first, so it wins ties) and the
+        trained weights, where there is an average; else the trained weights."""
+        return [self.net] if self.averaged is None else [self.averaged.net, self.net]
 
     def set_lr(self, lr: float) -> None:
         for group in self.opt.param_groups:
@@ -290,10 +295,11 @@ class Trainer:
             tuple(None if a is None else a[i : i + size] for a in self.val) for i in range(0, len(self.val[0]), size)
         ]
 
-    def validate(self) -> float:
+    def validate(self, net: torch.nn.Module | None = None) -> float:
+        """The validation loss of ``net`` (default: the weights saved without validation)."""
         if self.val is None:
             return math.nan
-        net, total = self.kept, 0.0
+        net, total = net if net is not None else self.kept, 0.0
         net.eval()
         with torch.inference_mode():
             for arrays in self.val_batches():
@@ -376,11 +382,14 @@ class Trainer:
                  f"{self.dir}; a lower --learning-rate trains more steadily")  # fmt: skip
 
     def end_epoch(self, losses: list[float], seconds: float) -> None:
-        if not all(bool(torch.isfinite(p).all()) for p in self.kept.parameters()):
+        if not all(bool(torch.isfinite(p).all()) for net in self.candidates() for p in net.parameters()):
             raise self.failure("the weights became NaN or infinite")
-        val = self.validate()
-        if self.val is not None and not math.isfinite(val):
-            raise self.failure(f"the validation loss became {val}")
+        chosen, val = self.kept, math.nan
+        if self.val is not None:
+            scored = [(self.validate(net), net) for net in self.candidates()]
+            if not all(math.isfinite(v) for v, _ in scored):
+                raise self.failure(f"the validation loss became {max(v for v, _ in scored)}")
+            val, chosen = min(scored, key=lambda pair: pair[0])
         score = val if not math.isnan(val) else float(np.mean(losses))
         if self.config.train.lr_schedule == "plateau":
             self.sched.step(score)
@@ -392,12 +401,13 @@ class Trainer:
             "loss": float(np.mean(losses)) if losses else math.nan,
             "val_loss": val,
             "lr": self.opt.param_groups[0]["lr"],
+            "averaged": chosen is not self.net,
         }
         self.history.append(row)
         self.check_diverged(score)
         if score < self.best:
             self.best = score
-            save_weights(self.dir / WEIGHTS, self.kept)
+            save_weights(self.dir / WEIGHTS, chosen)
         self.save_checkpoint()
         write_history(self.dir / HISTORY, self.history)
         self.announce("on_epoch", row)
