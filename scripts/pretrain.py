@@ -1,7 +1,8 @@
 """Pre-train the generic restoration networks that carekit ships and fine-tunes from by default.
 
     python scripts/pretrain.py --ndim 2                      # the 2D network (~15 min on 2 cores)
-    python scripts/pretrain.py --ndim 3 --steps 3000         # the 3D network
+    python scripts/pretrain.py --ndim 3 --steps 3000 --residual --no-batch-norm --loss mse --init pretrained
+                                                             # the 3D network, from the 2D one inflated
     python scripts/pretrain.py --ndim 2 --residual --no-batch-norm --out /tmp/variant
     python scripts/pretrain.py --ndim 2 --n2v --steps 2000   # Noise2Void's network (n2v-2d)
     python scripts/pretrain.py --ndim 2 --synthetic --residual --steps 6000   # synthetic mode's (synthetic-2d-residual)
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--loss", choices=("mae", "mse"), default=None,
                     help="the training loss (default: the mode's, MSE for --synthetic, else MAE)")  # fmt: skip
     ap.add_argument("--learning-rate", type=float, default=4e-4)
+    ap.add_argument("--init", choices=("scratch", "pretrained"), default="scratch",
+                    help="start from random weights, or (3D) from the shipped 2D network inflated along z")  # fmt: skip
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
     n_pairs = a.pairs or (2000 if a.ndim == 2 else 400)
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.n2v:
         net.update(N2V_NET)
     train = {"epochs": a.steps // 200, "steps_per_epoch": 200, "lr_schedule": "cosine", "seed": a.seed,
-             "learning_rate": a.learning_rate, "init": "scratch", "loss": loss}  # fmt: skip
+             "learning_rate": a.learning_rate, "init": a.init, "loss": loss}  # fmt: skip
     config = Config(axes=axes, net=net, train=train)
     t = config.train
     sampler = PatchSampler(pairs, t.patch_size, val_fraction=0.02, threshold=0.0, jitter=False, input_units=a.synthetic)
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             "learning_rate": a.learning_rate,
             "loss": loss,
             "schedule": "cosine",
+            "init": a.init,
             "precision": t.precision,
         },
         "best_validation_loss": min(float(row.split(",")[4]) for row in history[1:]),  # the weights kept

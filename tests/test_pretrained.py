@@ -132,3 +132,22 @@ def test_a_3d_network_starts_as_the_2d_network_on_every_plane(shipped):
         stack = deep.net.eval()(image[:, :, None].repeat(1, 1, 8, 1, 1))
     # planes alike: pooling and upsampling along z change nothing
     torch.testing.assert_close(stack, plane.expand_as(stack), rtol=1e-4, atol=1e-5)
+
+
+def test_the_shipped_3d_network_uses_z_where_the_inflated_2d_one_cannot(monkeypatch):
+    """Before any fine-tuning, the shipped 3D network restores a noisy stack better than the 2D one
+    inflated along z (which restores each plane alone)."""
+    from carekit.metrics import evaluate
+
+    clean = blobs((24, 64, 64), seed=5, density=0.002)
+    low = noisy(clean, peak=10.0)
+    shipped_3d = CARE(Config(axes="ZYX", net={"kernel_size": 3, "residual": True}))
+    pretrained.warm_start(shipped_3d)
+    assert pretrained.matching(shipped_3d, "denoise")["name"] == "denoise-3d-residual-nobn"
+    only_2d = [entry for entry in pretrained.catalogue() if entry["ndim"] == 2]
+    monkeypatch.setattr(pretrained, "catalogue", lambda: only_2d)
+    inflated = CARE(Config(axes="ZYX", net={"kernel_size": 3, "residual": True}))
+    pretrained.warm_start(inflated)
+    assert inflated.config.train.init == "pretrained"
+    scores = [evaluate(clean, care.predict(low, axes="ZYX"))["psnr"] for care in (shipped_3d, inflated)]
+    assert scores[0] > scores[1] + 1.0, scores

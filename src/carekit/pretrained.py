@@ -8,8 +8,10 @@ kernel, convolutions, batch normalisation, residual, pooling and top skip: a net
 output the clean image would start badly as one that adds a correction to its input).
 ``n2v-2d*`` networks have Noise2Void's architecture (N2V2: blur pooling, no top skip) and were
 pre-trained on the same corpus with clean targets; blind-spot training fine-tunes them.
-No 3D network ships yet: a 3D network starts from the 2D one of its family and signature, each
-kernel inflated along z (:func:`inflated`), so that it starts as the 2D restoration of each plane.
+``denoise-3d-residual-nobn`` (denoising's 3D default network) was pre-trained on 3D stacks of the
+corpus, starting from the 2D network inflated along z. A 3D network with no shipped 3D match starts
+from the 2D one of its family and signature, each kernel inflated along z (:func:`inflated`), so
+that it starts as the 2D restoration of each plane.
 ``synthetic-2d*`` networks undo a widefield microscope: they were pre-trained on images of random
 recipes (tubules and granules through PSFs 0.8-4 px wide, 10-1000 photons) to their structures,
 and the synthetic mode fine-tunes them on its own recipe. Other
