@@ -221,14 +221,11 @@ def test_weight_average_follows_the_trained_weights():
 
 @pytest.mark.parametrize("winner", ["ema", "net"])
 def test_the_weights_kept_are_those_of_average_and_trained_that_validate_better(tmp_path, monkeypatch, winner):
-    import json
-
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from carekit.trainer import Trainer
+    from carekit.trainer import Trainer, checkpoint_state
 
-    def validate(self, net=None):  # the trained weights score 1 and the average 2, or the other way round
+    def validate(self, net):  # the trained weights score 1 and the average 2, or the other way round
         return 1.0 if (net is self.net) == (winner == "net") else 2.0
 
     monkeypatch.setattr(Trainer, "validate", validate)
@@ -239,9 +236,18 @@ def test_the_weights_kept_are_those_of_average_and_trained_that_validate_better(
     saved = model.net.state_dict()
     for key in (k for k in saved if k.endswith("weight")):
         np.testing.assert_array_equal(saved[key].numpy(), state[f"{winner}.{key}"].numpy())
-    with safe_open(str(tmp_path / "m" / "last.safetensors"), "pt") as f:
-        history = json.loads(f.metadata()["state"])["history"]
+    history = checkpoint_state(tmp_path / "m" / "last.safetensors")["history"]
     assert history[-1]["averaged"] is (winner == "ema") and history[-1]["val_loss"] == 1.0
+
+
+def test_a_non_finite_validation_loss_of_either_weights_ends_training_naming_it(tmp_path, monkeypatch):
+    from carekit.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "validate", lambda self, net: float("nan") if net is self.net else 1.0)
+    clean = blobs((64, 64), seed=2)
+    kw = {"patch_size": (32, 32), "progress": False, "ema": 0.9, **TINY}
+    with pytest.raises(CarekitError, match="the validation loss became nan"):
+        carekit.train(noisy(clean), clean, "YX", tmp_path / "m", epochs=1, steps_per_epoch=3, **kw)
 
 
 def test_training_with_a_weight_average_saves_and_resumes_it(tmp_path):

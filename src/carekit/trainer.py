@@ -295,11 +295,11 @@ class Trainer:
             tuple(None if a is None else a[i : i + size] for a in self.val) for i in range(0, len(self.val[0]), size)
         ]
 
-    def validate(self, net: torch.nn.Module | None = None) -> float:
-        """The validation loss of ``net`` (default: the weights saved without validation)."""
+    def validate(self, net: torch.nn.Module) -> float:
+        """The validation loss of ``net`` (one of :meth:`candidates`)."""
         if self.val is None:
             return math.nan
-        net, total = net if net is not None else self.kept, 0.0
+        total = 0.0
         net.eval()
         with torch.inference_mode():
             for arrays in self.val_batches():
@@ -387,8 +387,9 @@ class Trainer:
         chosen, val = self.kept, math.nan
         if self.val is not None:
             scored = [(self.validate(net), net) for net in self.candidates()]
-            if not all(math.isfinite(v) for v, _ in scored):
-                raise self.failure(f"the validation loss became {max(v for v, _ in scored)}")
+            bad = [v for v, _ in scored if not math.isfinite(v)]
+            if bad:
+                raise self.failure(f"the validation loss became {bad[0]}")
             val, chosen = min(scored, key=lambda pair: pair[0])
         score = val if not math.isnan(val) else float(np.mean(losses))
         if self.config.train.lr_schedule == "plateau":
